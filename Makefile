@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:
+#   make serve   create .venv, install, serve the bundled default model on http://127.0.0.1:8000/v1
+#   make test    install the dev extras and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: serve test default-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+serve: $(VENV)/.installed
+	$(BIN)/kimi-k25 serve $(ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(ARGS)
+
+# Rebuild kimi_k25/default_model from scripts/build_default_model.py (the result is committed).
+default-model: $(VENV)/.installed
+	$(BIN)/python scripts/build_default_model.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

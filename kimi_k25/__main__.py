@@ -1,0 +1,5 @@
+import sys
+
+from kimi_k25.cli import main
+
+sys.exit(main())

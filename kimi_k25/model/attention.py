@@ -1,0 +1,99 @@
+"""Multi-head latent attention (MLA) as Kimi K2.5 and DeepSeek-V3 define it.
+
+Legend: T = packed tokens of the step, S = context tokens of one sequence, H = heads,
+N = qk_nope_head_dim, R = qk_rope_head_dim, V = v_head_dim, Lkv = kv_lora_rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kimi_k25.model.cache import AttentionBatch, LatentCache
+from kimi_k25.model.config import TextConfig
+from kimi_k25.model.layers import RMSNorm, apply_rotary_interleaved
+
+# DeepSeek-V3's reference code and transformers build q_a_layernorm and kv_a_layernorm with the
+# RMSNorm default eps instead of config.rms_norm_eps (vLLM passes rms_norm_eps; the difference is
+# negligible). We follow the reference.
+LATENT_NORM_EPS = 1e-6
+
+
+class MLAttention(nn.Module):
+    """Low-rank queries, one compressed latent per token for keys and values, and a rotary key shared by all heads."""
+
+    def __init__(self, config: TextConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.qk_nope_head_dim = config.qk_nope_head_dim
+        self.qk_rope_head_dim = config.qk_rope_head_dim
+        self.qk_head_dim = config.qk_head_dim
+        self.v_head_dim = config.v_head_dim
+        self.kv_lora_rank = config.kv_lora_rank
+        self.softmax_scale = config.softmax_scale
+
+        if config.q_lora_rank is None:
+            self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.qk_head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(config.hidden_size, config.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, LATENT_NORM_EPS)
+            self.q_b_proj = nn.Linear(config.q_lora_rank, self.num_heads * self.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, config.kv_cache_dim, bias=False)
+        self.kv_a_layernorm = RMSNorm(config.kv_lora_rank, LATENT_NORM_EPS)
+        self.kv_b_proj = nn.Linear(config.kv_lora_rank, self.num_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.v_head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x_TD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], batch: AttentionBatch,
+                cache: LatentCache | None) -> torch.Tensor:
+        cos, sin = rope
+
+        # queries: (T, H, N + R), rotary part rotated
+        if hasattr(self, "q_proj"):
+            q = self.q_proj(x_TD)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x_TD)))
+        q = q.view(-1, self.num_heads, self.qk_head_dim)
+        q_nope, q_rope = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        q = torch.cat([q_nope, apply_rotary_interleaved(q_rope, cos, sin)], dim=-1)
+
+        # compressed keys and values: normalised latent ‖ rotated shared key, (T, Lkv + R)
+        latent, k_rope = self.kv_a_proj_with_mqa(x_TD).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        latent_kv = torch.cat([self.kv_a_layernorm(latent), apply_rotary_interleaved(k_rope, cos, sin)], dim=-1)
+        if cache is not None and batch.slot_mapping is not None:
+            cache.write(self.layer_idx, batch.slot_mapping, latent_kv)
+
+        # attention, one sequence at a time over its whole context
+        outputs = []
+        start = 0
+        for i, query_len in enumerate(batch.query_lens):
+            q_i = q[start:start + query_len]
+            if cache is not None and batch.context_slots is not None:
+                context = cache.read(self.layer_idx, batch.context_slots[i]).to(q.dtype)
+            else:
+                context = latent_kv[start:start + query_len]
+            outputs.append(self._attend(q_i, context))
+            start += query_len
+        out = torch.cat(outputs, dim=0)  # (T, H * V)
+        return self.o_proj(out)
+
+    def _attend(self, q_QHD: torch.Tensor, context_SC: torch.Tensor) -> torch.Tensor:
+        """Causal attention of the last Q positions over S context latents; returns (Q, H * V)."""
+        num_queries, num_context = q_QHD.shape[0], context_SC.shape[0]
+        latent, k_rope = context_SC.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        kv = self.kv_b_proj(latent).view(num_context, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
+        k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+        k = torch.cat([k_nope, k_rope[:, None, :].expand(-1, self.num_heads, -1)], dim=-1)
+
+        # Query i is at context position S - Q + i and attends to positions up to it.
+        mask = None
+        if num_queries > 1:
+            offset = num_context - num_queries
+            query_pos = torch.arange(num_queries, device=q_QHD.device)[:, None] + offset
+            mask = torch.arange(num_context, device=q_QHD.device)[None, :] <= query_pos
+        out = F.scaled_dot_product_attention(
+            q_QHD.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            attn_mask=mask, scale=self.softmax_scale,
+        )  # (H, Q, V)
+        return out.transpose(0, 1).reshape(num_queries, self.num_heads * self.v_head_dim)

@@ -1,0 +1,103 @@
+"""Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+NOT_FOUND = "not_found_error"
+SERVER_ERROR = "server_error"
+SERVICE_UNAVAILABLE = "service_unavailable_error"
+
+
+class APIError(Exception):
+    """An error to return to the client with an HTTP status in the OpenAI error shape."""
+
+    def __init__(self, status_code: int, message: str, type: str = INVALID_REQUEST, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, INVALID_REQUEST, param, code)
+
+
+def format_location(location: tuple[Any, ...]) -> str:
+    """Turn a pydantic error location like ('body', 'messages', 0, 'role') into 'messages[0].role'."""
+    text = ""
+    for part in location:
+        if part == "body" and not text:
+            continue
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def validation_error(errors: list[dict[str, Any]]) -> APIError:
+    """Turn the first pydantic validation error into a 400 naming the field and the fix."""
+    first = errors[0]
+    param = format_location(tuple(first.get("loc", ())))
+    kind = first.get("type", "")
+    if kind == "extra_forbidden":
+        return invalid_request(f"Unrecognized request argument supplied: {param}. Remove it from the request body.",
+                               param=param)
+    if kind == "json_invalid":
+        return invalid_request(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.")
+    if kind == "missing":
+        return invalid_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return invalid_request(f"Invalid value for '{param}': {first['msg']} (got {shown}).", param=param,
+                           code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, error: APIError) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "-")
+        logger.info("Request %s failed with %d: %s", request_id, error.status_code, error.message)
+        return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        api_error = validation_error(list(error.errors()))
+        return await _api_error(request, api_error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            api_error = APIError(404, f"Not found: {request.method} {request.url.path}. See GET /v1/models and "
+                                      "POST /v1/chat/completions.", NOT_FOUND)
+        elif error.status_code == 405:
+            api_error = APIError(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                                 INVALID_REQUEST)
+        else:
+            api_error = APIError(error.status_code, str(error.detail), INVALID_REQUEST)
+        return await _api_error(request, api_error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", "-")
+        logger.exception("Request %s failed with an internal error", request_id)
+        body = APIError(500, f"Internal server error ({type(error).__name__}); see the server log for "
+                             f"request {request_id}.", SERVER_ERROR).body()
+        return JSONResponse(body, status_code=500)
