@@ -10,6 +10,13 @@ import sys
 from kimi_k25.model.config import ConfigError, KimiK25Config, list_presets
 
 
+def _port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {port}")
+    return port
+
+
 def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     from kimi_k25.engine.llm_engine import EngineConfig
 
@@ -18,7 +25,7 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="checkpoint directory (config.json, safetensors, tokenizer files); "
                                         "default: the small random model bundled with the package")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    parser.add_argument("--port", type=_port_number, default=8000, help="TCP port (default: %(default)s)")
     parser.add_argument("--served-model-name", help="model name clients put in \"model\" (default: the directory "
                                                    "name, or kimi-k25-default for the bundled model)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
@@ -31,7 +38,8 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=defaults.max_num_batched_tokens,
                         help="token budget of one engine step (default: %(default)s)")
     parser.add_argument("--kv-cache-gib", type=float, default=defaults.kv_cache_gib,
-                        help="memory for the latent KV cache in GiB (default: %(default)s)")
+                        help="maximum memory for the latent KV cache in GiB; the cache is never larger than "
+                             "--max-num-seqs full-length requests need (default: %(default)s)")
     parser.add_argument("--block-size", type=int, default=defaults.block_size,
                         help="tokens per KV cache block (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             return _run_info(args)
         return _run_serve(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:
         print(f"kimi-k25 {args.command}: {error}", file=sys.stderr)
         return 1
 

@@ -297,3 +297,51 @@ def test_concurrent_requests_match_sequential(client):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         concurrent_results = list(pool.map(complete, prompts))
     assert concurrent_results == sequential
+
+
+def test_non_json_body_names_content_type(server):
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=30,
+                          content=b'{"model": "tiny-kimi", "messages": [{"role": "user", "content": "SECRET"}]}')
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "content-type: application/json" in message
+    assert "SECRET" not in message
+
+
+def test_rejected_values_are_not_echoed(server):
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=30,
+                          json={"model": MODEL_NAME, "messages": "SECRET prompt text"})
+    assert response.status_code == 400
+    assert "SECRET" not in response.text
+    assert "SECRET" not in server.log()
+
+
+@pytest.mark.parametrize(("endpoint", "body", "param", "hint"), [
+    ("completions", {"prompt": {"t": 1}}, "prompt", "list of token ids"),
+    ("completions", {"prompt": "x", "stop": 5}, "stop", "list of up to 4 strings"),
+    ("chat/completions", {"messages": MESSAGES, "tool_choice": 3}, "tool_choice", "required"),
+])
+def test_union_fields_list_accepted_forms(server, endpoint, body, param, hint):
+    response = httpx.post(f"{server.base_url}/v1/{endpoint}", json={"model": MODEL_NAME, **body}, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert hint in error["message"]
+
+
+def test_misspelled_field_reported_before_missing(server):
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": MODEL_NAME, "mesages": MESSAGES},
+                          timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "mesages"
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [
+    ({"thinkng": False}, "chat_template_kwargs.thinkng"),
+    ({"thinking": "no"}, "chat_template_kwargs.thinking"),
+])
+def test_chat_template_kwargs_checked(server, kwargs, param):
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=30,
+                          json={"model": MODEL_NAME, "messages": MESSAGES, "chat_template_kwargs": kwargs})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # chat_template_kwargs may set other template variables, but not the ones render() sets itself.
 _RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "add_generation_prompt")
 
+# The variables the built-in renderer reads, as the K2.5 template does.
+BUILT_IN_TEMPLATE_VARIABLES = frozenset({"thinking", "tools_ts_str"})
+
 ToolDeclarationEncoder = Callable[[list[dict]], str]
 
 
@@ -79,6 +82,13 @@ class ChatFormat:
         else:
             logger.info("Using the chat template from %s", template.origin)
         return chat_format
+
+    @property
+    def template_variables(self) -> frozenset[str]:
+        """Variables that ``chat_template_kwargs`` can set for this format."""
+        if self.template is None:
+            return BUILT_IN_TEMPLATE_VARIABLES
+        return self.template.variables - frozenset(_RESERVED_TEMPLATE_VARIABLES)
 
     @property
     def source(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 CHAT_TEMPLATE_FILENAME = "chat_template.jinja"
@@ -133,6 +134,12 @@ class JinjaChatTemplate:
             self._template = create_sandbox_environment().from_string(source)
         except jinja2.TemplateSyntaxError as error:
             raise ChatTemplateError(f"syntax error at line {error.lineno}: {error.message}", origin) from error
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """Names the template reads from its context, such as ``thinking`` or ``tools_ts_str``."""
+        environment = create_sandbox_environment()
+        return frozenset(jinja2.meta.find_undeclared_variables(environment.parse(self.source)))
 
     @classmethod
     def from_file(cls, path: str | Path, special_tokens: Mapping[str, str] | None = None) -> JinjaChatTemplate:

@@ -15,6 +15,7 @@ from kimi_k25.engine.model_runner import ModelRunner
 from kimi_k25.engine.sampling import Sampler, SamplingParams, TokenLogprobs
 from kimi_k25.engine.scheduler import Scheduler
 from kimi_k25.engine.sequence import RequestOutput, Sequence
+from kimi_k25.engine.structured import GrammarCompiler
 from kimi_k25.model.cache import LatentCache
 from kimi_k25.model.kimi_k25 import KimiK25Model
 from kimi_k25.tokenizer.incremental import IncrementalDetokenizer
@@ -89,6 +90,8 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}
         self.outputs: dict[str, _OutputState] = {}
         self.eos_token_ids = set(tokenizer.stop_token_ids) | set(text_config.eos_token_id)
+        # A finished grammar allows only the end-of-turn token, which then ends the request.
+        self.grammar_compiler = GrammarCompiler(tokenizer, end_token_id=tokenizer.im_end_id)
 
     # ----- requests ------------------------------------------------------------------------------
 
@@ -112,6 +115,8 @@ class LLMEngine:
             raise ValueError(f"prompt token id {bad} is outside the vocabulary of {vocab_size}")
         seq = Sequence(request_id, list(prompt_ids), params, self.max_tokens_for(len(prompt_ids), params.max_tokens),
                        media_embeds=media_embeds)
+        if params.grammar is not None:
+            seq.grammar_state = self.grammar_compiler.start(params.grammar)
         detokenizer = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens,
                                              keep_special_ids=params.keep_special_ids)
         self.sequences[request_id] = seq
@@ -135,8 +140,12 @@ class LLMEngine:
         if not seqs:
             return []
         logits = self.runner.run(seqs)
+        masks = [s.grammar_state.allowed_mask() if s.grammar_state is not None else None for s in seqs]
         tokens, logprobs = self.sampler(logits, [s.params for s in seqs], [s.output_ids for s in seqs],
-                                        [s.generator for s in seqs])
+                                        [s.generator for s in seqs], masks)
+        for seq, token in zip(seqs, tokens):
+            if seq.grammar_state is not None:
+                seq.grammar_state.accept(token)
         return [self._append_token(seq, token, report) for seq, token, report in zip(seqs, tokens, logprobs)]
 
     def _append_token(self, seq: Sequence, token: int, report: TokenLogprobs | None) -> RequestOutput:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kimi_k25.engine.structured import GrammarSpec
+
 # Below this temperature sampling is treated as greedy, which avoids dividing by ~0.
 GREEDY_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
@@ -34,6 +36,8 @@ class SamplingParams:
     logprobs: int | None = None  # number of top alternatives to report; 0 reports only the chosen token
     skip_special_tokens: bool = True
     keep_special_ids: frozenset[int] = frozenset()
+    banned_token_ids: frozenset[int] = frozenset()  # never sampled, e.g. tool-call markers for tool_choice "none"
+    grammar: GrammarSpec | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -69,7 +73,9 @@ class Sampler:
     """Pick one next token per sequence from a batch of logits."""
 
     def __call__(self, logits_BV: torch.Tensor, params: list[SamplingParams], output_ids: list[list[int]],
-                 generators: list[torch.Generator | None]) -> tuple[list[int], list[TokenLogprobs | None]]:
+                 generators: list[torch.Generator | None], allowed_masks: list[torch.Tensor | None] | None = None,
+                 ) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """Sample one token per row; `allowed_masks[i]` (V,) bool, if given, restricts row i."""
         logits_BV = logits_BV.float()
         logprobs_BV = None
         if any(p.logprobs is not None for p in params):
@@ -78,6 +84,7 @@ class Sampler:
         tokens: list[int] = []
         for i, p in enumerate(params):
             row = apply_penalties(logits_BV[i], output_ids[i], p)
+            row = apply_masks(row, p.banned_token_ids, allowed_masks[i] if allowed_masks else None)
             tokens.append(sample_token(row, p, generators[i]))
 
         reports: list[TokenLogprobs | None] = []
@@ -100,6 +107,18 @@ def apply_penalties(logits_V: torch.Tensor, output_ids: list[int], params: Sampl
     ids = torch.tensor(output_ids, device=logits_V.device)
     counts = torch.bincount(ids, minlength=logits_V.shape[0]).to(logits_V.dtype)
     return logits_V - params.frequency_penalty * counts - params.presence_penalty * (counts > 0).to(logits_V.dtype)
+
+
+def apply_masks(logits_V: torch.Tensor, banned: frozenset[int], allowed: torch.Tensor | None) -> torch.Tensor:
+    """Set the logits of banned tokens, and of tokens outside `allowed`, to -inf."""
+    if not banned and allowed is None:
+        return logits_V
+    logits_V = logits_V.clone()
+    if banned:
+        logits_V[list(banned)] = float("-inf")
+    if allowed is not None:
+        logits_V[~allowed[: logits_V.shape[0]]] = float("-inf")
+    return logits_V
 
 
 def sample_token(logits_V: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

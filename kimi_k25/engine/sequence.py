@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kimi_k25.engine.sampling import SamplingParams, TokenLogprobs
+from kimi_k25.engine.structured import GrammarState
 
 
 class SequenceStatus(enum.Enum):
@@ -38,6 +39,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     generator: torch.Generator | None = None
     num_preemptions: int = 0
+    grammar_state: GrammarState | None = None
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:

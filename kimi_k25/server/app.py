@@ -14,14 +14,44 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kimi_k25.server.chat import create_chat_completion
 from kimi_k25.server.completions import create_completion
-from kimi_k25.server.context import ServingContext
+from kimi_k25.server.context import ServingContext, cancel_on_disconnect
 from kimi_k25.server.errors import SERVICE_UNAVAILABLE, APIError, install_error_handlers
 from kimi_k25.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 logger = logging.getLogger(__name__)
+
+
+class RequestIdMiddleware:
+    """Give every HTTP request an id (the client's `x-request-id`, or a new one) and echo it back.
+
+    A plain ASGI middleware, because Starlette's BaseHTTPMiddleware wraps the receive channel
+    in a way that hides client disconnects from the handlers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.monotonic()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                logger.debug("%s %s -> %d after %.3f s (request %s)", scope.get("method"), scope.get("path"),
+                             message["status"], time.monotonic() - start, request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def create_app(context: ServingContext) -> FastAPI:
@@ -29,16 +59,7 @@ def create_app(context: ServingContext) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        start = time.monotonic()
-        response = await call_next(request)
-        response.headers["x-request-id"] = request_id
-        logger.debug("%s %s -> %d in %.3f s (request %s)", request.method, request.url.path, response.status_code,
-                     time.monotonic() - start, request_id)
-        return response
+    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/health")
     async def health() -> Response:
@@ -58,10 +79,12 @@ def create_app(context: ServingContext) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await create_chat_completion(context, body, request.state.request_id)
+        request_id = request.state.request_id
+        return await cancel_on_disconnect(request, request_id, create_chat_completion(context, body, request_id))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await create_completion(context, body, request.state.request_id)
+        request_id = request.state.request_id
+        return await cancel_on_disconnect(request, request_id, create_completion(context, body, request_id))
 
     return app

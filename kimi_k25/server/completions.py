@@ -41,7 +41,7 @@ async def create_completion(context: ServingContext, body: CompletionRequest, re
         context.check_prompt_length(len(prompt_ids), "prompt" if len(prompts) == 1 else f"prompt[{i}]")
     params = context.sampling_params(body, body.max_tokens, body.logprobs, skip_special_tokens=body.skip_special_tokens)
     completion_id = f"cmpl-{request_id}"
-    logger.info("Completion request %s: %d prompts of %s tokens, n=%d, stream=%s", request_id, len(prompts),
+    logger.debug("Completion request %s: %d prompts of %s tokens, n=%d, stream=%s", request_id, len(prompts),
                 ",".join(str(len(p)) for p in prompts), body.n, body.stream)
     if body.stream:
         return StreamingResponse(_stream(context, body, completion_id, request_id, prompts, params),

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
 
 from kimi_k25.chat.format import ChatFormat
 from kimi_k25.engine.async_engine import AsyncEngine, EngineDeadError
@@ -106,9 +110,11 @@ class ServingContext:
         reproducible.
         """
         streams = []
+        # Clients may reuse an x-request-id, so the engine gets ids that are unique per call.
+        engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
         for index in range(n):
             choice_params = params if params.seed is None or index == 0 else replace(params, seed=params.seed + index)
-            sub_id = request_id if n == 1 else f"{request_id}-{index}"
+            sub_id = engine_id if n == 1 else f"{engine_id}-{index}"
             streams.append(self.engine.generate(sub_id, prompt_ids, choice_params, media_embeds))
         try:
             if n == 1:
@@ -126,6 +132,28 @@ class ServingContext:
         except RuntimeError as error:
             logger.exception("Request %s failed in the engine", request_id)
             raise APIError(500, f"Generation failed: {error}", SERVER_ERROR) from error
+
+
+# Status for a response nobody will read: the client closed the connection (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+DISCONNECT_POLL_SECONDS = 0.5
+
+
+async def cancel_on_disconnect(request: Request, request_id: str, work: Coroutine[Any, Any, Response]) -> Response:
+    """Run a non-streaming handler, cancelling it (and aborting its generation) if the client leaves.
+
+    Streaming responses need no watcher: Starlette cancels their generator on disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            logger.info("Request %s: the client disconnected; generation aborted", request_id)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:

@@ -39,12 +39,25 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return APIError(400, message, INVALID_REQUEST, param, code)
 
 
+# Accepted forms of fields whose type is a union, for messages that say what to send instead.
+UNION_FIELD_FORMS = {
+    "prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+    "stop": "a string or a list of up to 4 strings",
+    "tool_choice": "\"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+}
+# Pydantic names the member of a union that failed inside the location; these parts are not fields.
+_UNION_TAGS = ("str", "int", "float", "bool")
+_UNION_TAG_PREFIXES = ("list[", "dict[", "function-", "json-or-python")
+
+
 def format_location(location: tuple[Any, ...]) -> str:
     """Turn a pydantic error location like ('body', 'messages', 0, 'role') into 'messages[0].role'."""
     text = ""
     for part in location:
         if part == "body" and not text:
             continue
+        if isinstance(part, str) and text and (part in _UNION_TAGS or part.startswith(_UNION_TAG_PREFIXES)):
+            break
         if isinstance(part, int):
             text += f"[{part}]"
         else:
@@ -52,22 +65,39 @@ def format_location(location: tuple[Any, ...]) -> str:
     return text
 
 
+def _shown_value(value: Any) -> str:
+    """Describe a rejected value without echoing request text into the reply and the log."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
 def validation_error(errors: list[dict[str, Any]]) -> APIError:
-    """Turn the first pydantic validation error into a 400 naming the field and the fix."""
-    first = errors[0]
+    """Turn pydantic validation errors into one 400 naming the field and the fix.
+
+    An unrecognized field is reported first, because a misspelled field name also shows up as
+    a missing required one.
+    """
+    extra = [e for e in errors if e.get("type") == "extra_forbidden"]
+    first = extra[0] if extra else errors[0]
     param = format_location(tuple(first.get("loc", ())))
     kind = first.get("type", "")
     if kind == "extra_forbidden":
         return invalid_request(f"Unrecognized request argument supplied: {param}. Remove it from the request body.",
-                               param=param)
+                               param=param, code="unknown_parameter")
     if kind == "json_invalid":
-        return invalid_request(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.")
+        return invalid_request(f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.",
+                               code="invalid_json")
+    if not param:
+        return invalid_request("The request body must be a JSON object; send it with the header "
+                               "'content-type: application/json'.", code="invalid_json")
     if kind == "missing":
         return invalid_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    value = first.get("input")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return invalid_request(f"Invalid value for '{param}': {first['msg']} (got {shown}).", param=param,
-                           code="invalid_value")
+    if param in UNION_FIELD_FORMS:
+        return invalid_request(f"Invalid value for '{param}': expected {UNION_FIELD_FORMS[param]} "
+                               f"(got {_shown_value(first.get('input'))}).", param=param, code="invalid_value")
+    return invalid_request(f"Invalid value for '{param}': {first['msg']} (got {_shown_value(first.get('input'))}).",
+                           param=param, code="invalid_value")
 
 
 def install_error_handlers(app: FastAPI) -> None:

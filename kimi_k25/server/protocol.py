@@ -69,8 +69,10 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None  # Moonshot API: {"type": "enabled" | "disabled"}
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    service_tier: str | None = None
 
 
 class ChatMessage(BaseModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,9 @@ def build_context(options: ServeOptions) -> ServingContext:
                          f"{model.config.text.vocab_size}")
 
     engine = LLMEngine(model, tokenizer, options.engine or EngineConfig())
+    # Converting the vocabulary for constrained decoding takes about a second; do it in the
+    # background so the first request with tool_choice or response_format does not wait for it.
+    threading.Thread(target=lambda: engine.grammar_compiler.ll_tokenizer, name="grammar-warmup", daemon=True).start()
     async_engine = AsyncEngine(engine)
     async_engine.start()
     default_name = "kimi-k25-default" if options.model is None else model_dir.name
@@ -70,12 +75,25 @@ def build_context(options: ServeOptions) -> ServingContext:
     )
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the slow model load if the address cannot be bound."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as error:
+        raise OSError(f"cannot listen on {host}:{port} ({error.strerror}); stop the other server or pass "
+                      f"another --port") from error
+
+
 def serve(options: ServeOptions) -> None:
+    check_port_free(options.host, options.port)
     context = build_context(options)
     app = create_app(context)
     logger.info("Serving %s at http://%s:%d/v1", context.served_model_name, options.host, options.port)
     try:
-        uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level)
+        # Request logging is ours (one line per request with its id), so uvicorn's access log is off.
+        uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, access_log=False)
     finally:
         context.engine.stop()
         logger.info("Server stopped")

@@ -303,6 +303,11 @@ class KimiTokenizer:
         """All 256 special slots in id order."""
         return tuple(self._special_by_id.values())
 
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        """The underlying tiktoken encoding (special tokens at their official ids)."""
+        return self._encoding
+
     def is_special(self, token_id: int) -> bool:
         """Return True for a slot flagged ``special``, the ids that ``skip_special_tokens`` drops."""
         self._check_id(token_id)
