@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: serve test default-model clean
+.PHONY: serve test test-reference default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,21 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(ARGS)
 
+# Optional: compare media preprocessing with transformers' processors, which need torchvision.
+# torchvision does not import beside the CPU torch wheel, so this uses its own environment.
+REF_VENV := .venv-ref
+$(REF_VENV)/.installed:
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install torch==2.14.1 torchvision==0.29.1 transformers==5.25.0 pillow av numpy \
+		pytest safetensors jinja2 tiktoken matplotlib scikit-image
+	touch $@
+
+test-reference: $(REF_VENV)/.installed
+	$(REF_VENV)/bin/python -m pytest tests/test_media_reference.py
+
 # Rebuild kimi_k25/default_model from scripts/build_default_model.py (the result is committed).
 default-model: $(VENV)/.installed
 	$(BIN)/python scripts/build_default_model.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(REF_VENV) .pytest_cache *.egg-info

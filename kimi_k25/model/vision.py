@@ -131,7 +131,9 @@ class VisionBlock(nn.Module):
         q, k = apply_vision_rope(q, angles_NP), apply_vision_rope(k, angles_NP)
         outputs = []
         for q_i, k_i, v_i in zip(q.split(item_lens), k.split(item_lens), v.split(item_lens)):
-            out = F.scaled_dot_product_attention(q_i.transpose(0, 1), k_i.transpose(0, 1), v_i.transpose(0, 1))
+            # 4-D inputs (1, H, n, D) let PyTorch pick its fused CPU attention kernel; 3-D ones do not.
+            q_i, k_i, v_i = (x.transpose(0, 1)[None] for x in (q_i, k_i, v_i))
+            out = F.scaled_dot_product_attention(q_i, k_i, v_i)[0]
             outputs.append(out.transpose(0, 1).reshape(-1, self.num_heads * self.head_dim))
         return torch.cat(outputs, dim=0)
 
