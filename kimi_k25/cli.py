@@ -40,9 +40,25 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=defaults.kv_cache_gib,
                         help="maximum memory for the latent KV cache in GiB; the cache is never larger than "
                              "--max-num-seqs full-length requests need (default: %(default)s)")
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=None,
+                        help="size the latent KV cache as this fraction (0-1] of the memory available at start, "
+                             "instead of --kv-cache-gib")
     parser.add_argument("--block-size", type=int, default=defaults.block_size,
                         help="tokens per KV cache block (default: %(default)s)")
+    parser.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                        help="do not reuse the cached blocks of prompts that start alike")
+    parser.add_argument("--max-waiting-requests", type=int, default=256,
+                        help="requests allowed to wait for a slot; more get HTTP 429 (default: %(default)s)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="seconds running requests may take to finish after SIGTERM (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--allowed-local-media-path", metavar="DIR",
+                        help="let requests read images and videos from file:// URLs inside DIR (default: off)")
+    parser.add_argument("--allowed-media-domains", metavar="HOST[,HOST...]",
+                        help="let requests fetch images and videos over http(s) from these exact hosts "
+                             "(default: off)")
+    parser.add_argument("--max-media-items", type=int, default=None,
+                        help="images and videos allowed in one request (default: 32)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -75,11 +91,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     from kimi_k25.engine.llm_engine import EngineConfig
     from kimi_k25.server.serve import ServeOptions, serve
 
+    if args.kv_cache_memory_fraction is not None and not 0 < args.kv_cache_memory_fraction <= 1:
+        raise ValueError(f"--kv-cache-memory-fraction must lie in (0, 1], got {args.kv_cache_memory_fraction}")
     engine = EngineConfig(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-                          kv_cache_gib=args.kv_cache_gib)
+                          kv_cache_gib=args.kv_cache_gib, kv_cache_memory_fraction=args.kv_cache_memory_fraction,
+                          enable_prefix_caching=args.enable_prefix_caching)
     serve(ServeOptions(model=args.model, host=args.host, port=args.port, served_model_name=args.served_model_name,
-                       dtype=args.dtype, threads=args.threads, engine=engine, log_level=args.log_level))
+                       dtype=args.dtype, threads=args.threads, engine=engine, log_level=args.log_level,
+                       allowed_local_media_path=args.allowed_local_media_path,
+                       allowed_media_domains=args.allowed_media_domains, max_media_items=args.max_media_items,
+                       max_waiting_requests=args.max_waiting_requests, shutdown_timeout=args.shutdown_timeout))
     return 0
 
 

@@ -11,7 +11,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reference import build_reference_text_model, text_config_dict, write_text_checkpoint  # noqa: E402
+from reference import (  # noqa: E402
+    build_reference_kimi_k25_model,
+    build_reference_text_model,
+    text_config_dict,
+    vision_config_dict,
+    write_kimi_k25_checkpoint,
+    write_text_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +58,19 @@ def served_checkpoint(tmp_path_factory, tokenizer_files):
     reference = build_reference_text_model(raw, seed=7)
     out = tmp_path_factory.mktemp("served") / "tiny-kimi"
     write_text_checkpoint(reference, raw, out, layout="kimi_k25", num_shards=2)
+    for name in ("tiktoken.model", "tokenizer_config.json"):
+        shutil.copy(tokenizer_files / name, out / name)
+    shutil.copy(REPO / "kimi_k25" / "chat" / "chat_template.jinja", out / "chat_template.jinja")
+    return out, reference
+
+
+@pytest.fixture(scope="session")
+def served_vision_checkpoint(tmp_path_factory, tokenizer_files):
+    """A multimodal checkpoint (vision tower, official media ids) for the server, and its reference model."""
+    text_raw, vision_raw = full_vocab_text_config(), vision_config_dict()
+    reference = build_reference_kimi_k25_model(text_raw, vision_raw, seed=9, image_token_id=163605)
+    out = tmp_path_factory.mktemp("served-vision") / "tiny-kimi-vl"
+    write_kimi_k25_checkpoint(reference, text_raw, vision_raw, out, num_shards=2)
     for name in ("tiktoken.model", "tokenizer_config.json"):
         shutil.copy(tokenizer_files / name, out / name)
     shutil.copy(REPO / "kimi_k25" / "chat" / "chat_template.jinja", out / "chat_template.jinja")

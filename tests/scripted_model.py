@@ -93,7 +93,11 @@ class InProcessServer:
 
     def __init__(self, model: nn.Module, tokenizer: KimiTokenizer, chat_format: ChatFormat,
                  name: str = "scripted") -> None:
-        engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=4096, block_size=16, max_num_seqs=8))
+        # The scripted model recognises a new sequence by a prefill that covers its whole context and
+        # keys sequences by their first block, so prefix sharing and chunked prefill stay off.
+        engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=4096, block_size=16, max_num_seqs=8,
+                                                          enable_prefix_caching=False,
+                                                          max_num_batched_tokens=1 << 20))
         self.async_engine = AsyncEngine(engine)
         self.async_engine.start()
         context = ServingContext(engine=self.async_engine, tokenizer=tokenizer, chat_format=chat_format,

@@ -39,7 +39,8 @@ class ServerProcess:
         raise RuntimeError(f"server did not become healthy in {startup_timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def stop(self) -> None:

@@ -355,3 +355,76 @@ def test_disconnect_aborts_non_streaming_request(script, scripted, base_url):
     while engine.has_unfinished_requests() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not engine.has_unfinished_requests()
+
+
+def test_concurrent_streams_keep_separate_state(script, client):
+    import concurrent.futures
+
+    script.rules = [
+        ("ask-A", "a</think>" + section(call_text("get_weather", 0, '{"city": "Lima"}'))),
+        ("ask-B", "b</think>Just text <not a marker> {braces}."),
+        ("ask-C", "c</think>" + section(call_text("get_weather", 0, '{"city": "Quito", "unit": "F"}'))),
+    ]
+
+    def run(question: str, max_tokens: int | None):
+        return collect_stream(client.chat.completions.create(
+            model="scripted", messages=[{"role": "user", "content": question}], tools=TOOLS, temperature=0,
+            stream=True, max_tokens=max_tokens))
+
+    jobs = [("ask-A", None), ("ask-B", None), ("ask-C", 20), ("ask-A", None)]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: run(*job), jobs))
+    assert [r[3] for r in results] == ["tool_calls", "stop", "length", "tool_calls"]
+    assert json.loads(results[0][2][0]["arguments"]) == {"city": "Lima"}
+    assert results[1][1] == "Just text <not a marker> {braces}."
+    assert results[1][2] == []
+    assert results[3][2] == results[0][2]
+
+
+def test_streaming_agent_loop_two_turns(script, client):
+    script.rules = [
+        ("## Return of functions.get_weather:0", "Summarise.</think>Sunny in Kyiv."),
+        ("Kyiv?", "Need data.</think>" + section(call_text("get_weather", 0, '{"city": "Kyiv"}'))),
+    ]
+    messages = [{"role": "user", "content": "Kyiv?"}]
+    reasoning, content, calls, finish, _ = collect_stream(client.chat.completions.create(
+        model="scripted", messages=messages, tools=TOOLS, temperature=0, stream=True))
+    assert finish == "tool_calls"
+    messages.append({"role": "assistant", "content": content or None, "reasoning_content": reasoning,
+                     "tool_calls": [{"id": c["id"], "type": "function",
+                                     "function": {"name": c["name"], "arguments": c["arguments"]}} for c in calls]})
+    messages.append({"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"})
+    reasoning, content, calls, finish, _ = collect_stream(client.chat.completions.create(
+        model="scripted", messages=messages, tools=TOOLS, temperature=0, stream=True))
+    assert (reasoning, content, calls, finish) == ("Summarise.", "Sunny in Kyiv.", [], "stop")
+
+
+def test_stream_disconnect_frees_the_slot(script, scripted, base_url):
+    import time
+
+    script.default = " temperature" * 20_000
+    engine = scripted[3].async_engine.engine
+    body = {"model": "scripted", "stream": True, "messages": [{"role": "user", "content": "long"}]}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=30) as response:
+        for index, _ in enumerate(response.iter_lines()):
+            if index > 5:
+                break
+    deadline = time.monotonic() + 10
+    while engine.has_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.has_unfinished_requests()
+    assert engine.block_manager.usage == 0.0
+
+
+def test_full_queue_is_429_with_retry_after(scripted, base_url):
+    async_engine = scripted[3].async_engine
+    limit = async_engine.max_waiting_requests
+    async_engine.max_waiting_requests = 0
+    try:
+        response = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
+                              json={"model": "scripted", "messages": [{"role": "user", "content": "x"}]})
+    finally:
+        async_engine.max_waiting_requests = limit
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "queue_full"

@@ -168,3 +168,94 @@ def test_top_k_and_top_p_restrict_choices():
 def test_invalid_sampling_params(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**{field: value})
+
+
+def test_chunked_prefill_matches_whole_prefill(model, tokenizer):
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    whole = run(make_engine(model, tokenizer, max_num_batched_tokens=4096), PROMPTS, params)
+    chunked_engine = make_engine(model, tokenizer, max_num_batched_tokens=5)
+    chunked = run(chunked_engine, PROMPTS, params)
+    for request_id in PROMPTS:
+        assert chunked[request_id]["tokens"] == whole[request_id]["tokens"]
+
+
+def test_chunked_prefill_keeps_decodes_going(model, tokenizer):
+    """A long prompt arriving while another request decodes does not stop that request's steps."""
+    engine = make_engine(model, tokenizer, max_num_batched_tokens=6)
+    engine.add_request("short", [1, 2, 3], SamplingParams(max_tokens=30, **GREEDY))
+    engine.step()
+    engine.add_request("long", list(range(100, 160)), SamplingParams(max_tokens=2, **GREEDY))
+    decoded_during_prefill = 0
+    while engine.sequences["long"].num_computed_tokens < 60:
+        decoded_during_prefill += sum(1 for o in engine.step() if o.request_id == "short")
+    # 60 prompt tokens at 5 per step (the budget minus the decode) take 12 steps, each with a decode.
+    assert decoded_during_prefill == 12
+
+
+def test_prefix_cache_hit_gives_same_logprobs(model, tokenizer):
+    prefix = list(range(300, 340))  # ten full blocks of four tokens
+    params = SamplingParams(max_tokens=6, logprobs=3, **GREEDY)
+
+    def generate(engine, request_id, prompt):
+        engine.add_request(request_id, prompt, params)
+        tokens, logprobs, cached = [], [], None
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                tokens += output.token_ids
+                logprobs += [(r.logprob, r.top) for r in output.logprobs]
+                cached = output.num_cached_tokens
+        return tokens, logprobs, cached
+
+    cold_engine = make_engine(model, tokenizer, enable_prefix_caching=False)
+    cold = generate(cold_engine, "cold", prefix + [7, 8, 9])
+    warm_engine = make_engine(model, tokenizer)
+    generate(warm_engine, "first", prefix + [1, 2])
+    warm = generate(warm_engine, "second", prefix + [7, 8, 9])
+    assert warm[2] == 40
+    assert cold[2] == 0
+    assert warm[0] == cold[0]
+    for (warm_lp, warm_top), (cold_lp, cold_top) in zip(warm[1], cold[1]):
+        assert warm_lp == pytest.approx(cold_lp, abs=1e-5)
+        assert [t for t, _ in warm_top] == [t for t, _ in cold_top]
+    assert warm_engine.block_manager.prefix_hits == 40
+
+
+def test_prefix_cache_eviction_is_lru(tokenizer):
+    from kimi_k25.engine.block_manager import BlockManager
+    from kimi_k25.engine.sequence import Sequence
+
+    manager = BlockManager(num_blocks=4, block_size=2)
+
+    def seq(prompt):
+        return Sequence("x", prompt, SamplingParams(), max_tokens=1)
+
+    first = seq([1, 2, 3, 4, 5])
+    manager.allocate(first, 5)
+    first.num_computed_tokens = 5
+    manager.commit_full_blocks(first)
+    assert len(manager.cached) == 2
+    manager.free(first)
+    assert manager.num_free_blocks == 4
+
+    again = seq([1, 2, 3, 4, 9])
+    assert manager.match_prefix(again) == 4
+    assert [manager.blocks[b].ref_count for b in again.block_table] == [1, 1]
+    manager.free(again)
+
+    # A new prompt takes the never-used block first, then evicts the least recently freed blocks.
+    other = seq([7, 7, 7, 7, 7, 7, 7, 7])
+    manager.allocate(other, 8)
+    assert len(manager.cached) == 0
+    assert manager.num_free_blocks == 0
+
+
+def test_metrics_count_tokens_and_requests(model, tokenizer):
+    engine = make_engine(model, tokenizer)
+    run(engine, {"a": [1, 2, 3], "b": [4, 5]}, SamplingParams(max_tokens=4, **GREEDY))
+    registry = engine.metrics.registry
+    assert registry.get_sample_value("kimi_k25:prompt_tokens_total") == 5
+    assert registry.get_sample_value("kimi_k25:generation_tokens_total") == 8
+    assert registry.get_sample_value("kimi_k25:time_to_first_token_seconds_count") == 2
+    assert registry.get_sample_value("kimi_k25:time_per_output_token_seconds_count") == 6
+    assert registry.get_sample_value("kimi_k25:request_success_total", {"finished_reason": "length"}) == 2
+    assert registry.get_sample_value("kimi_k25:num_requests_running") == 0

@@ -155,3 +155,31 @@ def test_bf16_close_to_transformers_bf16(tmp_path):
     assert actual.dtype == torch.float32
     # bf16 keeps ~3 significant digits; both sides round differently, so the bound is loose.
     assert relative_error(actual, expected) <= 0.05
+
+
+@pytest.mark.parametrize("absorbed", [True, False], ids=["absorbed", "expanded"])
+def test_both_attention_paths_match_transformers(absorbed, tmp_path, monkeypatch):
+    """Force one MLA path for prefill and decode alike; each must match the reference on its own."""
+    from kimi_k25.model.attention import MLAttention
+
+    monkeypatch.setattr(MLAttention, "prefers_absorbed", lambda self, q, s: absorbed)
+    raw = CASES["grouped_routing"]
+    reference = build_reference_text_model(raw, seed=9)
+    ours = load_checkpoint(write_text_checkpoint(reference, raw, tmp_path), dtype=torch.float32, progress=False)
+    prompts = [list(range(10, 23)), list(range(40, 47))]
+    our_tokens, our_logits = our_greedy(ours, prompts, DECODE_STEPS)
+    for i, prompt in enumerate(prompts):
+        ref_tokens, ref_logits = reference_greedy(reference, prompt, DECODE_STEPS)
+        assert our_tokens[i] == ref_tokens
+        assert max(relative_error(o, r) for o, r in zip(our_logits[i], ref_logits)) <= TOLERANCE
+
+
+def test_path_choice_follows_cost():
+    from kimi_k25.model.attention import MLAttention
+    from kimi_k25.model.config import KimiK25Config
+
+    with torch.device("meta"):
+        attention = MLAttention(KimiK25Config.from_preset("kimi-k2.5").text, 0)
+    assert attention.prefers_absorbed(1, 4096)  # decoding
+    assert not attention.prefers_absorbed(4096, 4096)  # prefill
+    assert attention.prefers_absorbed(8, 8192)  # a few queries over a long context

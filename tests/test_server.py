@@ -345,3 +345,31 @@ def test_chat_template_kwargs_checked(server, kwargs, param):
                           json={"model": MODEL_NAME, "messages": MESSAGES, "chat_template_kwargs": kwargs})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_text_only_model_rejects_images(server):
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages[0].content[1]"
+    assert error["code"] == "media_not_supported"
+
+
+def test_metrics_endpoint_names_match_vllm(client, server):
+    client.completions.create(model=MODEL_NAME, prompt=[1, 2, 3], max_tokens=2, temperature=0)
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    for name in ("kimi_k25:num_requests_running", "kimi_k25:num_requests_waiting",
+                 "kimi_k25:time_to_first_token_seconds_bucket", "kimi_k25:time_per_output_token_seconds_bucket",
+                 "kimi_k25:e2e_request_latency_seconds_bucket", "kimi_k25:prompt_tokens_total",
+                 "kimi_k25:generation_tokens_total", "kimi_k25:kv_cache_usage_perc",
+                 "kimi_k25:prefix_cache_hits_total", "kimi_k25:num_preemptions_total"):
+        assert name in text
+
+
+def test_shared_prefix_reports_cached_tokens(client):
+    prompt = list(range(3000, 3100))
+    client.completions.create(model=MODEL_NAME, prompt=prompt + [1], max_tokens=1, temperature=0)
+    second = client.completions.create(model=MODEL_NAME, prompt=prompt + [2], max_tokens=1, temperature=0)
+    assert second.usage.prompt_tokens_details.cached_tokens == 96  # six full blocks of 16

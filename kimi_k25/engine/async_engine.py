@@ -27,6 +27,10 @@ class EngineDeadError(RuntimeError):
     """The engine thread stopped after an internal error; the server must be restarted."""
 
 
+class QueueFullError(RuntimeError):
+    """More requests are waiting than the server accepts; the client should retry later."""
+
+
 @dataclass
 class _Submit:
     request_id: str
@@ -43,8 +47,9 @@ class _Abort:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int = 256) -> None:
         self.engine = engine
+        self.max_waiting_requests = max_waiting_requests
         self._inbox: queue.Queue = queue.Queue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopping = threading.Event()
@@ -62,6 +67,11 @@ class AsyncEngine:
         logger.info("Engine thread stopped")
 
     @property
+    def num_waiting(self) -> int:
+        """Requests submitted but not yet in the running batch (read without locking: an estimate)."""
+        return self._inbox.qsize() + len(self.engine.scheduler.waiting)
+
+    @property
     def is_alive(self) -> bool:
         return self._thread.is_alive() and self._error is None
 
@@ -70,6 +80,9 @@ class AsyncEngine:
         """Yield the request's increments until it finishes; abort it if the caller stops early."""
         if not self.is_alive:
             raise EngineDeadError("the inference engine is not running")
+        if self.num_waiting >= self.max_waiting_requests:
+            raise QueueFullError(f"{self.num_waiting} requests are already waiting (limit "
+                                 f"{self.max_waiting_requests}); retry shortly")
         outputs: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._inbox.put(_Submit(request_id, prompt_ids, params, media_embeds, loop, outputs))

@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 import torch
 
 from kimi_k25.engine.block_manager import BlockManager
+from kimi_k25.engine.metrics import EngineMetrics
 from kimi_k25.engine.model_runner import ModelRunner
 from kimi_k25.engine.sampling import Sampler, SamplingParams, TokenLogprobs
 from kimi_k25.engine.scheduler import Scheduler
@@ -28,10 +32,26 @@ logger = logging.getLogger(__name__)
 class EngineConfig:
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 8192
+    # Token budget of one step; prompts longer than what is left are split into chunks.
+    max_num_batched_tokens: int = 2048
     block_size: int = 16
     kv_cache_gib: float = 2.0
-    num_blocks: int | None = None  # overrides kv_cache_gib when set
+    # When set, the cache takes this fraction of the memory available at start instead.
+    kv_cache_memory_fraction: float | None = None
+    num_blocks: int | None = None  # overrides both sizes when set
+    enable_prefix_caching: bool = True
+
+
+def available_memory_bytes() -> int:
+    """Memory the system can still give this process (MemAvailable on Linux, else physical pages)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 class PromptTooLongError(ValueError):
@@ -71,7 +91,10 @@ class LLMEngine:
         bytes_per_token = text_config.num_hidden_layers * text_config.kv_cache_dim * torch.finfo(cache_dtype).bits // 8
         num_blocks = self.config.num_blocks
         if num_blocks is None:
-            num_blocks = max(1, int(self.config.kv_cache_gib * 1024**3) // (bytes_per_token * self.config.block_size))
+            cache_bytes = self.config.kv_cache_gib * 1024**3
+            if self.config.kv_cache_memory_fraction is not None:
+                cache_bytes = self.config.kv_cache_memory_fraction * available_memory_bytes()
+            num_blocks = max(1, int(cache_bytes) // (bytes_per_token * self.config.block_size))
             # No more than max_num_seqs full-length requests can ever be in flight.
             needed = -(-self.config.max_num_seqs * self.max_model_len // self.config.block_size)
             num_blocks = min(num_blocks, needed)
@@ -83,7 +106,8 @@ class LLMEngine:
                     self.cache.kv.numel() * self.cache.kv.element_size() / 1024**3, bytes_per_token,
                     self.capacity_tokens, self.capacity_tokens / self.max_model_len, self.max_model_len)
 
-        self.block_manager = BlockManager(num_blocks, self.config.block_size)
+        self.block_manager = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.metrics = EngineMetrics()
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_seqs, self.config.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache)
         self.sampler = Sampler()
@@ -104,7 +128,7 @@ class LLMEngine:
         return room if requested is None else min(requested, room)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                    media_embeds: torch.Tensor | None = None) -> None:
+                    media_embeds: torch.Tensor | None = None, media_salt: bytes | None = None) -> None:
         if request_id in self.sequences:
             raise ValueError(f"request id {request_id!r} is already in use")
         if not prompt_ids:
@@ -117,6 +141,11 @@ class LLMEngine:
                        media_embeds=media_embeds)
         if params.grammar is not None:
             seq.grammar_state = self.grammar_compiler.start(params.grammar)
+        if media_embeds is not None:
+            # Blocks of requests with media may only be shared with requests of the same media.
+            seq.cache_salt = media_salt or hashlib.blake2b(media_embeds.float().numpy().tobytes(),
+                                                           digest_size=16).digest()
+        self.metrics.prompt_tokens.inc(len(prompt_ids))
         detokenizer = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens,
                                              keep_special_ids=params.keep_special_ids)
         self.sequences[request_id] = seq
@@ -129,6 +158,7 @@ class LLMEngine:
         self.outputs.pop(request_id, None)
         if seq is not None and not seq.is_finished:
             self.scheduler.finish(seq, "abort")
+            self.metrics.observe_finish(seq.arrival_time, "abort")
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()
@@ -136,17 +166,33 @@ class LLMEngine:
     # ----- one step ------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        seqs = self.scheduler.schedule()
-        if not seqs:
+        work = self.scheduler.schedule()
+        if not work:
             return []
-        logits = self.runner.run(seqs)
+        sampled = [item.completes_sequence for item in work]
+        logits = self.runner.run(work)
+        for item in work:
+            self.block_manager.commit_full_blocks(item.seq)
+
+        seqs = [item.seq for item, sample in zip(work, sampled) if sample]
+        logits = logits[[i for i, sample in enumerate(sampled) if sample]]
         masks = [s.grammar_state.allowed_mask() if s.grammar_state is not None else None for s in seqs]
         tokens, logprobs = self.sampler(logits, [s.params for s in seqs], [s.output_ids for s in seqs],
                                         [s.generator for s in seqs], masks)
-        for seq, token in zip(seqs, tokens):
+        now = time.monotonic()
+        outputs = []
+        for seq, token, report in zip(seqs, tokens, logprobs):
             if seq.grammar_state is not None:
                 seq.grammar_state.accept(token)
-        return [self._append_token(seq, token, report) for seq, token, report in zip(seqs, tokens, logprobs)]
+            self.metrics.observe_token(seq.arrival_time, seq.last_token_time, now)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            seq.last_token_time = now
+            outputs.append(self._append_token(seq, token, report))
+        self.metrics.observe_step(len(self.scheduler.running), len(self.scheduler.waiting), self.block_manager.usage,
+                                  self.block_manager.prefix_queries, self.block_manager.prefix_hits,
+                                  self.scheduler.num_preemptions)
+        return outputs
 
     def _append_token(self, seq: Sequence, token: int, report: TokenLogprobs | None) -> RequestOutput:
         state = self.outputs[seq.request_id]
@@ -168,12 +214,13 @@ class LLMEngine:
             if reason == "length" or is_stop_token:
                 state.text += state.detokenizer.flush()
             self.scheduler.finish(seq, reason)
+            self.metrics.observe_finish(seq.arrival_time, reason)
 
         end = len(state.text) if reason is not None else max(state.emitted, len(state.text) - state.hold_back)
         new_text = state.text[state.emitted:end]
         state.emitted = end
         output = RequestOutput(seq.request_id, [token], new_text, state.pending_logprobs, reason is not None, reason,
-                               len(seq.prompt_ids), len(seq.output_ids))
+                               len(seq.prompt_ids), len(seq.output_ids), seq.num_cached_tokens)
         state.pending_logprobs = []
         if reason is not None:
             del self.sequences[seq.request_id]

@@ -40,6 +40,13 @@ class Sequence:
     generator: torch.Generator | None = None
     num_preemptions: int = 0
     grammar_state: GrammarState | None = None
+    # Prefix caching: hashes of the full blocks computed so far, and the salt that separates
+    # requests with different media (None for text-only requests).
+    block_hashes: list[bytes] = field(default_factory=list)
+    cache_salt: bytes | None = None
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at admission
+    first_token_time: float | None = None
+    last_token_time: float | None = None
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:
@@ -80,3 +87,4 @@ class RequestOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    num_cached_tokens: int = 0

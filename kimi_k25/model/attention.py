@@ -73,27 +73,72 @@ class MLAttention(nn.Module):
                 context = cache.read(self.layer_idx, batch.context_slots[i]).to(q.dtype)
             else:
                 context = latent_kv[start:start + query_len]
-            outputs.append(self._attend(q_i, context))
+            if self.prefers_absorbed(query_len, context.shape[0]):
+                outputs.append(self._attend_absorbed(q_i, context))
+            else:
+                outputs.append(self._attend_expanded(q_i, context))
             start += query_len
         out = torch.cat(outputs, dim=0)  # (T, H * V)
         return self.o_proj(out)
 
-    def _attend(self, q_QHD: torch.Tensor, context_SC: torch.Tensor) -> torch.Tensor:
-        """Causal attention of the last Q positions over S context latents; returns (Q, H * V)."""
+    def prefers_absorbed(self, num_queries: int, num_context: int) -> bool:
+        """Pick the cheaper attention path by multiply-adds.
+
+        Expanded: build every head's keys and values from the S latents (S·H·(N+V)·Lkv), then
+        attend in head space (Q·S·H·(N+R+V)). Absorbed: move the queries into latent space and
+        back (2·Q·H·N·Lkv), then attend over the latents (Q·S·H·(2·Lkv+R)). Decoding (Q = 1,
+        S large) is far cheaper absorbed; a prefill (Q = S) is cheaper expanded.
+        """
+        heads, nope, rope, value, rank = (self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim,
+                                          self.v_head_dim, self.kv_lora_rank)
+        expanded = num_context * heads * (nope + value) * rank + num_queries * num_context * heads * (nope + rope + value)
+        absorbed = 2 * num_queries * heads * nope * rank + num_queries * num_context * heads * (2 * rank + rope)
+        return absorbed < expanded
+
+    @staticmethod
+    def _causal_mask(num_queries: int, num_context: int, device: torch.device) -> torch.Tensor | None:
+        """Mask (Q, S) letting query i, at context position S - Q + i, attend to positions up to it."""
+        if num_queries == 1:
+            return None
+        query_pos = torch.arange(num_queries, device=device)[:, None] + (num_context - num_queries)
+        return torch.arange(num_context, device=device)[None, :] <= query_pos
+
+    def _attend_expanded(self, q_QHD: torch.Tensor, context_SC: torch.Tensor) -> torch.Tensor:
+        """Attention with per-head keys and values rebuilt from the latents; returns (Q, H * V)."""
         num_queries, num_context = q_QHD.shape[0], context_SC.shape[0]
         latent, k_rope = context_SC.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
         kv = self.kv_b_proj(latent).view(num_context, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
         k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         k = torch.cat([k_nope, k_rope[:, None, :].expand(-1, self.num_heads, -1)], dim=-1)
 
-        # Query i is at context position S - Q + i and attends to positions up to it.
-        mask = None
-        if num_queries > 1:
-            offset = num_context - num_queries
-            query_pos = torch.arange(num_queries, device=q_QHD.device)[:, None] + offset
-            mask = torch.arange(num_context, device=q_QHD.device)[None, :] <= query_pos
+        mask = self._causal_mask(num_queries, num_context, q_QHD.device)
         out = F.scaled_dot_product_attention(
-            q_QHD.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            q_QHD.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
             attn_mask=mask, scale=self.softmax_scale,
-        )  # (H, Q, V)
+        )[0]  # (H, Q, V)
         return out.transpose(0, 1).reshape(num_queries, self.num_heads * self.v_head_dim)
+
+    def _attend_absorbed(self, q_QHD: torch.Tensor, context_SC: torch.Tensor) -> torch.Tensor:
+        """Attention computed against the cached latents directly; returns (Q, H * V).
+
+        kv_b_proj's key half is folded into the queries (q_nope·W_UK gives a query over the
+        Lkv-wide latent) and its value half is applied after attention (W_UV), so no per-head key
+        or value is ever materialised. All heads then share one key and value tensor, so the H
+        heads of a query run as H rows of a single attention over the S latents.
+        """
+        num_queries, num_context = q_QHD.shape[0], context_SC.shape[0]
+        w_kv = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)  # (H, N, Lkv), (H, V, Lkv)
+        q_nope, q_rope = q_QHD.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        q_latent = torch.einsum("qhn,hnl->qhl", q_nope, w_uk)
+        q_full = torch.cat([q_latent, q_rope], dim=-1).reshape(1, 1, num_queries * self.num_heads, -1)
+
+        mask = self._causal_mask(num_queries, num_context, q_QHD.device)
+        if mask is not None:
+            mask = mask.repeat_interleave(self.num_heads, dim=0)  # one row per (query, head)
+        latent = context_SC[:, :self.kv_lora_rank]
+        out_latent = F.scaled_dot_product_attention(
+            q_full, context_SC[None, None], latent[None, None], attn_mask=mask, scale=self.softmax_scale,
+        ).view(num_queries, self.num_heads, self.kv_lora_rank)
+        out = torch.einsum("qhl,hvl->qhv", out_latent, w_uv)
+        return out.reshape(num_queries, self.num_heads * self.v_head_dim)

@@ -4,6 +4,7 @@
     POST /v1/completions        text completion from text or token ids
     GET  /v1/models             the served model
     GET  /health                200 while the engine runs
+    GET  /metrics               Prometheus metrics
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kimi_k25.server.chat import create_chat_completion
@@ -66,6 +68,11 @@ def create_app(context: ServingContext) -> FastAPI:
         if not context.engine.is_alive:
             raise APIError(503, "The inference engine is not running; restart the server.", SERVICE_UNAVAILABLE)
         return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        registry = context.engine.engine.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models() -> ModelList:

@@ -20,7 +20,7 @@ from kimi_k25.chat import tokens as markers
 from kimi_k25.chat.reasoning import ReasoningStreamParser, split_reasoning
 from kimi_k25.chat.tool_parser import ToolCallStreamParser, parse_tool_calls
 from kimi_k25.engine.sampling import TokenLogprobs
-from kimi_k25.server.chat_plan import ChatPlan, check_grammar, plan_chat
+from kimi_k25.server.chat_plan import ChatPlan, check_grammar, plan_chat, prepare_inputs
 from kimi_k25.server.context import SSE_DONE, ServingContext, sse_event
 from kimi_k25.server.errors import SERVER_ERROR, APIError, invalid_request
 from kimi_k25.server.protocol import (
@@ -30,6 +30,7 @@ from kimi_k25.server.protocol import (
     ChatCompletionResponse,
     ChatLogprobEntry,
     ChatMessage,
+    PromptTokensDetails,
     Usage,
 )
 
@@ -45,10 +46,12 @@ VISIBLE_MARKERS = (
 
 async def create_chat_completion(context: ServingContext, body: ChatCompletionRequest, request_id: str) -> Response:
     context.check_model(body.model)
+    context.check_capacity()
     if body.top_logprobs is not None and not body.logprobs:
         raise invalid_request("top_logprobs requires logprobs to be true.", param="top_logprobs")
     plan = plan_chat(context, body)
     await check_grammar(context, body, plan)
+    await prepare_inputs(context, plan, request_id)
 
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     keep = frozenset(context.tokenizer.token_to_id(m) for m in VISIBLE_MARKERS)
@@ -154,7 +157,10 @@ async def _complete(context: ServingContext, body: ChatCompletionRequest, plan: 
     reasons: list[str | None] = [None] * body.n
     counts = [0] * body.n
     logprob_reports: list[list[TokenLogprobs]] = [[] for _ in range(body.n)]
-    async for index, output in context.generate_choices(request_id, plan.prompt_ids, params, body.n):
+    choices = context.generate_choices(request_id, plan.prompt_ids, params, body.n, plan.media_embeds)
+    cached_tokens = 0
+    async for index, output in choices:
+        cached_tokens = max(cached_tokens, output.num_cached_tokens)
         texts[index] += output.text
         logprob_reports[index].extend(output.logprobs)
         counts[index] = output.num_output_tokens
@@ -171,7 +177,7 @@ async def _complete(context: ServingContext, body: ChatCompletionRequest, plan: 
         choices.append(ChatChoice(index=index, message=message, logprobs=choice_logprobs,
                                   finish_reason=finish_reason))
         reasons[index] = finish_reason
-    usage = _usage(plan, counts)
+    usage = _usage(plan, counts, cached_tokens)
     _log_finished(request_id, usage, start, reasons)
     response = ChatCompletionResponse(id=chat_id, model=context.served_model_name, choices=choices, usage=usage)
     payload = response.model_dump(exclude_none=True)
@@ -190,6 +196,7 @@ async def _stream(context: ServingContext, body: ChatCompletionRequest, plan: Ch
     assemblers = [ChoiceAssembler(plan, request_id) for _ in range(body.n)]
     counts = [0] * body.n
     reasons: list[str | None] = [None] * body.n
+    cached_tokens = 0
 
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None,
               logprobs: ChatChoiceLogprobs | None = None) -> str:
@@ -199,13 +206,15 @@ async def _stream(context: ServingContext, body: ChatCompletionRequest, plan: Ch
         payload: dict[str, Any] = {"id": chat_id, "object": "chat.completion.chunk", "created": created,
                                    "model": context.served_model_name, "choices": [choice]}
         if continuous_usage:
-            payload["usage"] = _usage(plan, counts).model_dump(exclude_none=True)
+            payload["usage"] = _usage(plan, counts, cached_tokens).model_dump(exclude_none=True)
         return sse_event(payload)
 
     try:
         for index in range(body.n):
             yield chunk(index, {"role": "assistant", "content": ""})
-        async for index, output in context.generate_choices(request_id, plan.prompt_ids, params, body.n):
+        choices = context.generate_choices(request_id, plan.prompt_ids, params, body.n, plan.media_embeds)
+        async for index, output in choices:
+            cached_tokens = max(cached_tokens, output.num_cached_tokens)
             counts[index] = output.num_output_tokens
             deltas = assemblers[index].feed(output.text)
             finish_reason = None
@@ -223,7 +232,7 @@ async def _stream(context: ServingContext, body: ChatCompletionRequest, plan: Ch
                 yield chunk(index, delta, logprobs=logprobs if i == 0 else None)
             if finish_reason is not None:
                 yield chunk(index, {}, finish_reason=finish_reason)
-        usage = _usage(plan, counts)
+        usage = _usage(plan, counts, cached_tokens)
         if include_usage:
             yield sse_event({"id": chat_id, "object": "chat.completion.chunk", "created": created,
                              "model": context.served_model_name, "choices": [],
@@ -239,9 +248,10 @@ async def _stream(context: ServingContext, body: ChatCompletionRequest, plan: Ch
     yield SSE_DONE
 
 
-def _usage(plan: ChatPlan, counts: list[int]) -> Usage:
+def _usage(plan: ChatPlan, counts: list[int], cached_tokens: int = 0) -> Usage:
     return Usage(prompt_tokens=len(plan.prompt_ids), completion_tokens=sum(counts),
-                 total_tokens=len(plan.prompt_ids) + sum(counts))
+                 total_tokens=len(plan.prompt_ids) + sum(counts),
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
 
 
 def _logprob_entries(context: ServingContext, reports: list[TokenLogprobs],

@@ -9,9 +9,12 @@ message with `"partial": true` is continued instead of replied to), `tool_choice
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from kimi_k25.chat import tokens as markers
 from kimi_k25.chat.constraints import json_grammar, tool_call_grammar
@@ -20,16 +23,21 @@ from kimi_k25.chat.jinja_renderer import ChatTemplateError, ChatTemplateInputErr
 from kimi_k25.chat.tool_parser import count_prior_tool_calls
 from kimi_k25.chat.validation import ChatFormatError
 from kimi_k25.engine.structured import GrammarSpec
+from kimi_k25.media.cache import encode_with_cache
+from kimi_k25.media.errors import MediaError
+from kimi_k25.media.processor import MediaPart, find_media_parts
+from kimi_k25.media.prompt import expand_media_prompt
 from kimi_k25.server.context import ServingContext
-from kimi_k25.server.errors import invalid_request
+from kimi_k25.server.errors import APIError, invalid_request
 from kimi_k25.server.protocol import ChatCompletionRequest
 
-MEDIA_PART_TYPES = ("image_url", "video_url", "image", "video")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class ChatPlan:
-    prompt_ids: list[int]
+    prompt_text: str  # rendered, with one placeholder per image and video
+    media_parts: list[MediaPart]
     thinking: bool  # whether the output starts inside the reasoning
     tools: list[dict] | None  # declared tools, for the tool-call parser
     parse_tool_calls: bool
@@ -37,13 +45,16 @@ class ChatPlan:
     index_offset: int  # tool calls in earlier assistant messages, for generated call ids
     grammar: GrammarSpec | None
     banned_token_ids: frozenset[int]
+    # Filled by prepare_inputs: token ids with media tokens expanded, and the media embeddings.
+    prompt_ids: list[int] = field(default_factory=list)
+    media_embeds: torch.Tensor | None = None
 
 
 def plan_chat(context: ServingContext, body: ChatCompletionRequest) -> ChatPlan:
     template_kwargs = _template_kwargs(body, context.chat_format.template_variables)
     thinking = is_thinking(template_kwargs)
     messages, partial = _split_partial(body.messages)
-    _reject_media(messages)
+    media_parts = _media_parts(context, messages)
     tool_choice = _tool_choice(body)
 
     try:
@@ -60,8 +71,6 @@ def plan_chat(context: ServingContext, body: ChatCompletionRequest) -> ChatPlan:
     output_in_reasoning = thinking
     if partial is not None:
         prompt, output_in_reasoning = _continue_partial(prompt, partial, thinking, len(body.messages) - 1)
-    prompt_ids = context.tokenizer.encode(prompt)
-    context.check_prompt_length(len(prompt_ids), "messages")
 
     tokenizer = context.tokenizer
     section_begin = tokenizer.token_to_id(markers.TOOL_CALLS_SECTION_BEGIN)
@@ -86,7 +95,8 @@ def plan_chat(context: ServingContext, body: ChatCompletionRequest) -> ChatPlan:
     grammar = grammar or response_grammar
 
     return ChatPlan(
-        prompt_ids=prompt_ids,
+        prompt_text=prompt,
+        media_parts=media_parts,
         thinking=output_in_reasoning,
         tools=body.tools,
         parse_tool_calls=bool(body.tools) and tool_choice != "none",
@@ -174,15 +184,56 @@ def _continue_partial(prompt: str, partial: dict[str, Any], thinking: bool, inde
     return prompt + reasoning, True
 
 
-def _reject_media(messages: list[dict[str, Any]]) -> None:
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            continue
-        for j, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") in MEDIA_PART_TYPES:
-                raise invalid_request(f"Images and video are not supported by this server yet; remove the "
-                                      f"{part['type']} part.", param=f"messages[{i}].content[{j}].type")
+def _media_parts(context: ServingContext, messages: list[dict[str, Any]]) -> list[MediaPart]:
+    """Find the image and video parts, rejecting them when the model cannot see."""
+    try:
+        parts = find_media_parts(messages)
+        if parts and context.media_processor is not None:
+            context.media_processor.check_count(parts)
+    except MediaError as error:
+        raise _media_request_error(error) from error
+    if parts and context.media_processor is None:
+        raise invalid_request(f"This model has no vision tower, so it cannot take images or video; remove the "
+                              f"{parts[0].kind} part.", param=parts[0].param, code="media_not_supported")
+    return parts
+
+
+def _media_request_error(error: MediaError) -> APIError:
+    return invalid_request(str(error), param=error.param, code=error.code)
+
+
+async def prepare_inputs(context: ServingContext, plan: ChatPlan, request_id: str) -> None:
+    """Tokenize the prompt; with media, load and process it, expand its tokens and run the vision tower.
+
+    Decoding, resizing and encoding run in worker threads so the event loop keeps serving.
+    """
+    if not plan.media_parts:
+        plan.prompt_ids = context.tokenizer.encode(plan.prompt_text)
+        context.check_prompt_length(len(plan.prompt_ids), "messages")
+        return
+    processor = context.media_processor
+    try:
+        media = await asyncio.gather(*(asyncio.to_thread(processor.process_part, p) for p in plan.media_parts))
+        expanded = expand_media_prompt(plan.prompt_text, media)
+    except MediaError as error:
+        logger.info("Request %s: rejected media (%s): %s", request_id, error.code, error)
+        raise _media_request_error(error) from error
+    plan.prompt_ids = context.tokenizer.encode(expanded.text)
+    placeholder = context.tokenizer.media_pad_id
+    if plan.prompt_ids.count(placeholder) != expanded.num_media_tokens:
+        raise invalid_request("The message text contains the reserved media token <|media_pad|>; remove it.",
+                              param="messages", code="invalid_value")
+    context.check_prompt_length(len(plan.prompt_ids), "messages")
+
+    model = context.engine.engine.model
+
+    def encode() -> torch.Tensor:
+        with context.encode_lock, torch.inference_mode():
+            return encode_with_cache(expanded.items, model.encode_media, context.media_cache)
+
+    plan.media_embeds = await asyncio.to_thread(encode)
+    logger.debug("Request %s: %d media items, %d media tokens", request_id, len(expanded.items),
+                 expanded.num_media_tokens)
 
 
 def _tool_choice(body: ChatCompletionRequest) -> str | None:

@@ -21,6 +21,7 @@ from kimi_k25.server.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptTokensDetails,
     Usage,
 )
 
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 async def create_completion(context: ServingContext, body: CompletionRequest, request_id: str) -> Response:
     context.check_model(body.model)
+    context.check_capacity()
     if body.echo:
         raise invalid_request("echo is not supported; prepend the prompt to the returned text instead.", param="echo")
     if body.suffix is not None:
@@ -87,7 +89,9 @@ async def _complete(context: ServingContext, body: CompletionRequest, completion
     reports: list[list[TokenLogprobs]] = [[] for _ in range(num_choices)]
     reasons: list[str | None] = [None] * num_choices
     counts = [0] * num_choices
+    cached = [0] * len(prompts)
     async for index, output in _run_all(context, request_id, prompts, params, body.n):
+        cached[index // body.n] = max(cached[index // body.n], output.num_cached_tokens)
         texts[index] += output.text
         reports[index].extend(output.logprobs)
         counts[index] = output.num_output_tokens
@@ -101,7 +105,8 @@ async def _complete(context: ServingContext, body: CompletionRequest, completion
         choices.append(CompletionChoice(index=index, text=texts[index], logprobs=logprobs, finish_reason=reasons[index]))
     num_prompt_tokens = sum(len(p) for p in prompts)
     usage = Usage(prompt_tokens=num_prompt_tokens, completion_tokens=sum(counts),
-                  total_tokens=num_prompt_tokens + sum(counts))
+                  total_tokens=num_prompt_tokens + sum(counts),
+                  prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(cached)))
     logger.info("Request %s finished: %d prompt + %d completion tokens in %.2f s", request_id,
                 usage.prompt_tokens, usage.completion_tokens, time.monotonic() - start)
     response = CompletionResponse(id=completion_id, model=context.served_model_name, choices=choices, usage=usage)
@@ -129,8 +134,10 @@ async def _stream(context: ServingContext, body: CompletionRequest, completion_i
             if output.text or output.finished or logprobs is not None:
                 choice = CompletionChoice(index=index, text=output.text, logprobs=logprobs,
                                           finish_reason=output.finish_reason if output.finished else None)
-                yield sse_event(CompletionResponse(id=completion_id, created=created,
-                                                   model=context.served_model_name, choices=[choice]))
+                payload = CompletionResponse(id=completion_id, created=created, model=context.served_model_name,
+                                             choices=[choice]).model_dump(exclude_none=True)
+                payload["choices"][0].setdefault("finish_reason", None)  # OpenAI sends null until the end
+                yield sse_event(payload)
         num_prompt_tokens = sum(len(p) for p in prompts)
         usage = Usage(prompt_tokens=num_prompt_tokens, completion_tokens=sum(counts),
                       total_tokens=num_prompt_tokens + sum(counts))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
@@ -15,11 +16,21 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from kimi_k25.chat.format import ChatFormat
-from kimi_k25.engine.async_engine import AsyncEngine, EngineDeadError
+from kimi_k25.engine.async_engine import AsyncEngine, EngineDeadError, QueueFullError
 from kimi_k25.engine.llm_engine import PromptTooLongError
 from kimi_k25.engine.sampling import SamplingParams
 from kimi_k25.engine.sequence import RequestOutput
-from kimi_k25.server.errors import NOT_FOUND, SERVER_ERROR, SERVICE_UNAVAILABLE, APIError, invalid_request
+from kimi_k25.media.cache import MediaCache
+from kimi_k25.media.processor import MediaProcessor
+from kimi_k25.server.errors import (
+    NOT_FOUND,
+    RATE_LIMITED,
+    RETRY_AFTER_SECONDS,
+    SERVER_ERROR,
+    SERVICE_UNAVAILABLE,
+    APIError,
+    invalid_request,
+)
 from kimi_k25.server.protocol import SamplingFields
 from kimi_k25.tokenizer.tokenizer import KimiTokenizer
 
@@ -62,6 +73,25 @@ class ServingContext:
     model_path: str
     max_model_len: int
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    # None when the model has no vision tower; requests with media then get a 400.
+    media_processor: MediaProcessor | None = None
+    media_cache: MediaCache | None = None
+    # One vision-tower forward at a time, beside the engine thread's steps.
+    encode_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set on SIGTERM: new requests get 503 while running ones finish.
+    draining: bool = False
+
+    def check_capacity(self) -> None:
+        """Refuse new work while shutting down (503) or when too many requests wait (429)."""
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.draining:
+            raise APIError(503, "The server is shutting down; retry against another replica or after restart.",
+                           SERVICE_UNAVAILABLE, code="shutting_down", headers=retry)
+        engine = self.engine
+        if engine.num_waiting >= engine.max_waiting_requests:
+            raise APIError(429, f"The server is busy: {engine.num_waiting} requests are waiting (limit "
+                                f"{engine.max_waiting_requests}); retry shortly.", RATE_LIMITED, code="queue_full",
+                           headers=retry)
 
     def check_model(self, name: str) -> None:
         if name != self.served_model_name:
@@ -127,6 +157,9 @@ class ServingContext:
             raise APIError(400, str(error), param="messages", code="context_length_exceeded") from error
         except EngineDeadError as error:
             raise APIError(503, str(error), SERVICE_UNAVAILABLE) from error
+        except QueueFullError as error:
+            raise APIError(429, f"The server is busy: {error}.", RATE_LIMITED, code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from error
         except ValueError as error:
             raise invalid_request(str(error)) from error
         except RuntimeError as error:

@@ -16,6 +16,9 @@ INVALID_REQUEST = "invalid_request_error"
 NOT_FOUND = "not_found_error"
 SERVER_ERROR = "server_error"
 SERVICE_UNAVAILABLE = "service_unavailable_error"
+RATE_LIMITED = "rate_limit_error"
+# Seconds a client should wait after a 429 or 503 before retrying.
+RETRY_AFTER_SECONDS = 1
 
 
 class APIError(Exception):

@@ -17,6 +17,10 @@ from kimi_k25.chat.format import ChatFormat
 from kimi_k25.checkpoint.loader import load_checkpoint
 from kimi_k25.engine.async_engine import AsyncEngine
 from kimi_k25.engine.llm_engine import EngineConfig, LLMEngine
+from kimi_k25.media.cache import MediaCache
+from kimi_k25.media.config import MediaConfig, MediaLimits
+from kimi_k25.media.processor import MediaProcessor
+from kimi_k25.media.sources import MediaSourcePolicy
 from kimi_k25.server.app import create_app
 from kimi_k25.server.context import GenerationDefaults, ServingContext
 from kimi_k25.tokenizer.tokenizer import KimiTokenizer
@@ -37,6 +41,11 @@ class ServeOptions:
     threads: int | None = None
     engine: EngineConfig | None = None
     log_level: str = "info"
+    allowed_local_media_path: str | None = None
+    allowed_media_domains: str | None = None
+    max_media_items: int | None = None
+    max_waiting_requests: int = 256
+    shutdown_timeout: float = 30.0
 
 
 def build_context(options: ServeOptions) -> ServingContext:
@@ -61,9 +70,10 @@ def build_context(options: ServeOptions) -> ServingContext:
     # Converting the vocabulary for constrained decoding takes about a second; do it in the
     # background so the first request with tool_choice or response_format does not wait for it.
     threading.Thread(target=lambda: engine.grammar_compiler.ll_tokenizer, name="grammar-warmup", daemon=True).start()
-    async_engine = AsyncEngine(engine)
+    async_engine = AsyncEngine(engine, max_waiting_requests=options.max_waiting_requests)
     async_engine.start()
     default_name = "kimi-k25-default" if options.model is None else model_dir.name
+    media_processor, media_cache = build_media(model_dir, options) if model.has_vision else (None, None)
     return ServingContext(
         engine=async_engine,
         tokenizer=tokenizer,
@@ -72,7 +82,40 @@ def build_context(options: ServeOptions) -> ServingContext:
         model_path=str(model_dir),
         max_model_len=engine.max_model_len,
         defaults=GenerationDefaults.from_dir(model_dir),
+        media_processor=media_processor,
+        media_cache=media_cache,
     )
+
+
+def build_media(model_dir: Path, options: ServeOptions) -> tuple[MediaProcessor, MediaCache]:
+    """Preprocessing from the checkpoint's preprocessor_config.json and URL rules from the options."""
+    limits = MediaLimits() if options.max_media_items is None else MediaLimits(max_media_items=options.max_media_items)
+    config = MediaConfig.from_dir(model_dir, limits=limits)
+    policy = MediaSourcePolicy.from_options(options.allowed_local_media_path, options.allowed_media_domains)
+    if policy.allowed_local_media_path is not None and not policy.allowed_local_media_path.is_dir():
+        raise FileNotFoundError(f"--allowed-local-media-path {policy.allowed_local_media_path} is not a directory")
+    logger.info("Images and video enabled: local files %s, remote domains %s",
+                policy.allowed_local_media_path or "off", ", ".join(sorted(policy.allowed_media_domains)) or "off")
+    return MediaProcessor(config, policy), MediaCache()
+
+
+class DrainingServer(uvicorn.Server):
+    """Uvicorn server that, on SIGTERM or Ctrl+C, answers new requests with 503 while running ones finish.
+
+    Uvicorn then stops accepting connections and waits up to `timeout_graceful_shutdown` seconds
+    for open requests; those still running after that are cancelled, which aborts their generation.
+    """
+
+    def __init__(self, config: uvicorn.Config, context: ServingContext) -> None:
+        super().__init__(config)
+        self.context = context
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.context.draining:
+            logger.info("Shutting down: draining running requests for up to %.0f s",
+                        self.config.timeout_graceful_shutdown or 0)
+        self.context.draining = True
+        super().handle_exit(sig, frame)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -91,9 +134,11 @@ def serve(options: ServeOptions) -> None:
     context = build_context(options)
     app = create_app(context)
     logger.info("Serving %s at http://%s:%d/v1", context.served_model_name, options.host, options.port)
+    # Request logging is ours (one line per request with its id), so uvicorn's access log is off.
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
+                            access_log=False, timeout_graceful_shutdown=options.shutdown_timeout)
     try:
-        # Request logging is ours (one line per request with its id), so uvicorn's access log is off.
-        uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, access_log=False)
+        DrainingServer(config, context).run()
     finally:
         context.engine.stop()
         logger.info("Server stopped")
