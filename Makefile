@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: serve test test-reference default-model clean
+.PHONY: serve test bench test-reference default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(ARGS)
+
+# Benchmark kimi-k25 against transformers on the bench model; writes docs/benchmarks.md.
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev,bench]'
+	touch $(VENV)/.installed $(VENV)/.installed-dev $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run_bench.py $(ARGS)
 
 # Optional: compare media preprocessing with transformers' processors, which need torchvision.
 # torchvision does not import beside the CPU torch wheel, so this uses its own environment.

@@ -1,4 +1,5 @@
-"""The `kimi-k25` command: `serve` a checkpoint over the OpenAI API, `info` about a model's size."""
+"""The `kimi-k25` command: `serve` a checkpoint over the OpenAI API, `info` about a model's size,
+`quantize` a checkpoint's routed experts to INT4."""
 
 from __future__ import annotations
 
@@ -69,6 +70,27 @@ def _add_info_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_quantize_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "quantize", help="write a copy of a checkpoint with its routed experts in INT4, as the official "
+                         "Kimi K2.5 checkpoint stores them (compressed-tensors pack-quantized, group size 32)")
+    parser.add_argument("src_dir", metavar="SRC_DIR", help="checkpoint directory with unquantized routed experts")
+    parser.add_argument("dst_dir", metavar="DST_DIR", help="output directory; must be new or empty")
+    parser.add_argument("--max-shard-gib", type=float, default=2.0,
+                        help="maximum size of one safetensors shard in GiB (default: %(default)s)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="do not show a progress bar")
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from kimi_k25.checkpoint.writer import quantize_checkpoint
+
+    if args.max_shard_gib <= 0:
+        raise ValueError(f"--max-shard-gib must be positive, got {args.max_shard_gib}")
+    quantize_checkpoint(args.src_dir, args.dst_dir, max_shard_bytes=int(args.max_shard_gib * 1024**3),
+                        progress=args.progress)
+    return 0
+
+
 def _run_info(args: argparse.Namespace) -> int:
     from kimi_k25.model.params import count_parameters
 
@@ -110,12 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(subparsers)
     _add_info_parser(subparsers)
+    _add_quantize_parser(subparsers)
     args = parser.parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "info":
             return _run_info(args)
+        if args.command == "quantize":
+            return _run_quantize(args)
         return _run_serve(args)
     except (ConfigError, OSError, ValueError) as error:
         print(f"kimi-k25 {args.command}: {error}", file=sys.stderr)

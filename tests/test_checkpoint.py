@@ -105,7 +105,7 @@ def test_missing_and_unexpected_tensors_are_listed(text_checkpoint, tmp_path):
     message = str(info.value)
     assert "2 missing" in message
     assert "language_model.layers.2.self_attn.kv_b_proj.weight" in message
-    assert "language_model.layers.1.mlp.experts.up_proj[expert 3]" in message
+    assert "language_model.layers.1.mlp.experts.gate_up_proj[expert 3, up half]" in message
     assert "1 unexpected" in message
     assert "language_model.model.layers.0.mystery.weight" in message
 
@@ -121,7 +121,7 @@ def test_wrong_shape_is_reported_before_loading(text_checkpoint, tmp_path):
         load_checkpoint(path, dtype=torch.float32, progress=False)
 
 
-def test_int4_experts_are_rejected_clearly(text_checkpoint, tmp_path):
+def test_mixed_int4_and_bf16_experts_rejected(text_checkpoint, tmp_path):
     path = copy_checkpoint(text_checkpoint[0], tmp_path / "int4")
 
     def edit(tensors):

@@ -183,3 +183,17 @@ def test_path_choice_follows_cost():
     assert attention.prefers_absorbed(1, 4096)  # decoding
     assert not attention.prefers_absorbed(4096, 4096)  # prefill
     assert attention.prefers_absorbed(8, 8192)  # a few queries over a long context
+
+
+@pytest.mark.parametrize("num_tokens", [1, 8, 64])
+def test_moe_dispatch_matches_transformers(num_tokens, tmp_path):
+    """The sort-and-segment expert dispatch equals transformers' MoE layer for small and large batches."""
+    raw = CASES["grouped_routing"]
+    reference = build_reference_text_model(raw, seed=10)
+    ours = load_checkpoint(write_text_checkpoint(reference, raw, tmp_path), dtype=torch.float32, progress=False)
+    x = torch.randn(num_tokens, raw["hidden_size"], generator=torch.Generator().manual_seed(num_tokens))
+    with torch.no_grad():
+        for layer in range(raw["first_k_dense_replace"], raw["num_hidden_layers"]):
+            expected = reference.model.layers[layer].mlp(x[None])[0]
+            actual = ours.language_model.layers[layer].mlp(x)
+            assert relative_error(actual, expected) <= TOLERANCE

@@ -4,6 +4,11 @@ The model is first built on the meta device, every tensor name in the shards is 
 through the name table, and missing and unexpected tensors are reported together before any
 memory is allocated. Tensors are then read one at a time from memory-mapped safetensors files
 and copied into place, so peak memory is the model plus one tensor.
+
+A checkpoint with any `weight_packed` tensor stores its routed experts in INT4 (compressed-tensors
+`pack-quantized`). Every MoE layer then gets `Int4RoutedExperts`, which keep the experts packed,
+and each expert projection is converted on its own (gate and up together), so no dense copy of
+the experts is ever made.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +25,12 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from kimi_k25.checkpoint.int4 import PARTS, packed_shape, scale_shape
 from kimi_k25.checkpoint.names import Target, TargetKind, resolve
 from kimi_k25.model.config import KimiK25Config
 from kimi_k25.model.kimi_k25 import KimiK25Model
 from kimi_k25.model.moe import Router
+from kimi_k25.model.quant import Int4RoutedExperts, choose_layout, use_int4_experts
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,7 @@ class TensorPlan:
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     skipped_vision: list[str] = field(default_factory=list)
-    int4: list[str] = field(default_factory=list)
+    int4: dict[str, Target] = field(default_factory=dict)  # parts of INT4 routed experts
 
 
 def list_checkpoint_tensors(checkpoint_dir: Path) -> dict[str, Path]:
@@ -66,11 +75,23 @@ def list_checkpoint_tensors(checkpoint_dir: Path) -> dict[str, Path]:
     raise CheckpointError(f"no weights in {checkpoint_dir}: expected {INDEX_FILE} or {SINGLE_FILE}")
 
 
-def plan_loading(model: KimiK25Model, checkpoint_dir: Path, load_vision: bool) -> TensorPlan:
-    """Resolve every tensor name and fail once, listing all missing and unexpected tensors."""
-    plan = TensorPlan(shard_of=list_checkpoint_tensors(checkpoint_dir))
+def has_int4_experts(tensor_names: Iterable[str]) -> bool:
+    """Return whether a checkpoint stores routed experts in INT4: a module is INT4 iff it has `weight_packed`."""
+    return any(name.endswith(".weight_packed") for name in tensor_names)
+
+
+def plan_loading(model: KimiK25Model, checkpoint_dir: Path, load_vision: bool,
+                 shard_of: dict[str, Path] | None = None) -> TensorPlan:
+    """Resolve every tensor name and fail once, listing all missing and unexpected tensors.
+
+    INT4 expert parts are accepted only where the model has `Int4RoutedExperts`
+    (see `use_int4_experts`). `shard_of` saves reading the index again.
+    """
+    plan = TensorPlan(shard_of=shard_of if shard_of is not None else list_checkpoint_tensors(checkpoint_dir))
     params = dict(model.named_parameters())
+    int4_modules = _int4_modules(model)
     num_layers = model.config.text.num_hidden_layers
+    dense_experts = []
     for name in sorted(plan.shard_of):
         target = resolve(name, num_layers)
         if target is None:
@@ -78,36 +99,55 @@ def plan_loading(model: KimiK25Model, checkpoint_dir: Path, load_vision: bool) -
         elif target.kind is TargetKind.IGNORED:
             plan.ignored.append(name)
         elif target.kind is TargetKind.INT4:
-            plan.int4.append(name)
+            module = int4_modules.get(target.param.rsplit(".", 1)[0])
+            if module is None or target.expert >= module.num_experts:
+                plan.unexpected.append(name)
+            else:
+                plan.int4[name] = target
         elif target.param.startswith(("vision_tower.", "mm_projector.")) and not load_vision:
             plan.skipped_vision.append(name)
-        elif _target_params(target)[0] not in params:
-            plan.unexpected.append(name)
         else:
-            plan.targets[name] = target
+            if ".mlp.experts." in target.param:
+                dense_experts.append(name)
+            if target.param in params:
+                plan.targets[name] = target
+            else:
+                plan.unexpected.append(name)
 
-    if plan.int4:
+    int4_names = [name for name in plan.shard_of if name.endswith(".weight_packed")]
+    if int4_names and dense_experts:
         raise CheckpointError(
-            f"{checkpoint_dir} stores routed experts in INT4 (compressed-tensors pack-quantized, e.g. "
-            f"{plan.int4[0]}); loading INT4 experts is not supported yet. Use a checkpoint with bf16 "
-            f"experts, for example one written by transformers' save_pretrained after loading the official one.")
+            f"{checkpoint_dir} mixes INT4 routed experts (compressed-tensors pack-quantized, e.g. "
+            f"{min(int4_names)}) with unquantized ones (e.g. {dense_experts[0]}), but all routed experts must "
+            f"use one format. Quantize a bf16 checkpoint as a whole with `kimi-k25 quantize`.")
 
-    missing = _missing_params(model, plan, load_vision)
+    missing = _missing_params(model, plan, load_vision) + _missing_int4_parts(plan, int4_modules)
     if missing or plan.unexpected:
         raise CheckpointError(_mismatch_message(checkpoint_dir, missing, plan.unexpected))
-    _check_shapes(plan, params)
+    _check_shapes(plan, params, int4_modules)
     return plan
 
 
-def _check_shapes(plan: TensorPlan, params: dict[str, torch.nn.Parameter]) -> None:
-    """Compare every tensor's stored shape with its parameter, reading only the shard headers."""
+def _int4_modules(model: KimiK25Model) -> dict[str, Int4RoutedExperts]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, Int4RoutedExperts)}
+
+
+def _check_shapes(plan: TensorPlan, params: dict[str, torch.nn.Parameter],
+                  int4_modules: dict[str, Int4RoutedExperts]) -> None:
+    """Compare every tensor's stored shape with its parameter, reading only the shard headers.
+
+    INT4 parts are checked for shape and dtype, and each `weight_shape` is read for its value.
+    """
     by_shard: dict[Path, list[str]] = defaultdict(list)
-    for name in plan.targets:
+    for name in [*plan.targets, *plan.int4]:
         by_shard[plan.shard_of[name]].append(name)
     wrong = []
     for shard, names in by_shard.items():
         with safe_open(shard, framework="pt") as handle:
             for name in names:
+                if name in plan.int4:
+                    wrong.extend(_wrong_int4_part(handle, name, plan.int4[name], int4_modules))
+                    continue
                 got = tuple(handle.get_slice(name).get_shape())
                 expected = _expected_shape(plan.targets[name], params)
                 if got != expected:
@@ -115,16 +155,56 @@ def _check_shapes(plan: TensorPlan, params: dict[str, torch.nn.Parameter]) -> No
     if wrong:
         shown = wrong[:MAX_NAMES_IN_ERROR]
         more = f" (and {len(wrong) - len(shown)} more)" if len(wrong) > len(shown) else ""
-        raise CheckpointError(f"{len(wrong)} tensors have the wrong shape{more}:\n" + "\n".join(shown)
+        raise CheckpointError(f"{len(wrong)} tensors have the wrong shape, dtype or value{more}:\n" + "\n".join(shown)
                               + "\nCheck that config.json belongs to these weights.")
 
 
+# safetensors header dtypes each INT4 part may have
+_INT4_DTYPES = {"weight_packed": ("I32",), "weight_scale": ("BF16", "F16", "F32"), "weight_shape": ("I32", "I64")}
+
+
+def _wrong_int4_part(handle, name: str, target: Target, int4_modules: dict[str, Int4RoutedExperts]) -> list[str]:
+    """Return error lines for one INT4 part whose shape, dtype or `weight_shape` value is wrong."""
+    out_features, in_features = _int4_weight_shape(target, int4_modules)
+    expected = {"weight_packed": packed_shape(out_features, in_features),
+                "weight_scale": scale_shape(out_features, in_features),
+                "weight_shape": (2,)}[target.int4_part]
+    stored = handle.get_slice(name)
+    got, dtype = tuple(stored.get_shape()), stored.get_dtype()
+    if got != expected:
+        hint = " (8 INT4 values per int32 word)" if target.int4_part == "weight_packed" else ""
+        return [f"    {name}: stored {list(got)}, the config implies {list(expected)}{hint}"]
+    if dtype not in _INT4_DTYPES[target.int4_part]:
+        return [f"    {name}: stored dtype {dtype}, expected {' or '.join(_INT4_DTYPES[target.int4_part])}"]
+    if target.int4_part == "weight_shape":
+        values = handle.get_tensor(name).tolist()
+        if values != [out_features, in_features]:
+            return [f"    {name}: holds {values}, the config implies {[out_features, in_features]}"]
+    return []
+
+
+def _int4_weight_shape(target: Target, int4_modules: dict[str, Int4RoutedExperts]) -> tuple[int, int]:
+    """The unpacked (out, in) of one checkpoint projection: gate and up are each half of gate_up's rows."""
+    path, proj = target.param.rsplit(".", 1)
+    out_features, in_features = int4_modules[path].shapes[proj]
+    if target.half is not None:
+        out_features //= 2
+    return out_features, in_features
+
+
 def _expected_shape(target: Target, params: dict[str, torch.nn.Parameter]) -> tuple[int, ...]:
-    if target.kind is TargetKind.GATE_UP_STACK:
-        num_experts, inter, hidden = params[f"{target.param}.gate_proj"].shape
-        return (num_experts, 2 * inter, hidden)
-    shape = tuple(params[target.param].shape)
-    return shape[1:] if target.kind is TargetKind.EXPERT else shape
+    return tuple(_destination(target, params).shape)
+
+
+def _destination(target: Target, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
+    """The parameter, or the expert and row half of it, that a tensor is copied into."""
+    tensor = params[target.param]
+    if target.expert is not None:
+        tensor = tensor[target.expert]
+    if target.half is not None:
+        rows = tensor.shape[0] // 2
+        tensor = tensor[target.half * rows:(target.half + 1) * rows]
+    return tensor
 
 
 def load_checkpoint(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
@@ -137,7 +217,12 @@ def load_checkpoint(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloa
     if config.vision is not None and not load_vision:
         model.vision_tower = None
         model.mm_projector = None
-    plan = plan_loading(model, checkpoint_dir, load_vision)
+    shard_of = list_checkpoint_tensors(checkpoint_dir)
+    if has_int4_experts(shard_of):
+        layout = choose_layout(config.text, device)
+        num_layers = use_int4_experts(model, config.text, layout)
+        logger.info("Routed experts are INT4: keeping them packed in %d MoE layers (layout %s)", num_layers, layout)
+    plan = plan_loading(model, checkpoint_dir, load_vision, shard_of)
     if plan.ignored:
         logger.info("Ignoring %d tensors of multi-token-prediction layers (not used for decoding)", len(plan.ignored))
     if plan.skipped_vision:
@@ -151,13 +236,15 @@ def load_checkpoint(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloa
     for name in plan.targets:
         by_shard[plan.shard_of[name]].append(name)
 
-    bar = tqdm(total=len(plan.targets), desc="Loading weights", unit="tensor", disable=not progress)
+    bar = tqdm(total=len(plan.targets) + len(plan.int4), desc="Loading weights", unit="tensor",
+               disable=not progress)
     with torch.no_grad():
         for shard, names in sorted(by_shard.items()):
             with safe_open(shard, framework="pt", device="cpu") as handle:
                 for name in names:
                     _copy_tensor(handle.get_tensor(name), plan.targets[name], params)
                     bar.update(1)
+        _copy_int4_experts(plan, _int4_modules(model), bar.update)
     bar.close()
     if config.text.tie_word_embeddings:
         model.language_model.lm_head.weight = model.language_model.embed_tokens.weight
@@ -173,33 +260,53 @@ def cast_model(model: KimiK25Model, dtype: torch.dtype) -> None:
             module.float()
 
 
-def _target_params(target: Target) -> list[str]:
-    if target.kind is TargetKind.GATE_UP_STACK:
-        return [f"{target.param}.gate_proj", f"{target.param}.up_proj"]
-    return [target.param]
+_HALF_NAMES = ("gate half", "up half")
 
 
 def _missing_params(model: KimiK25Model, plan: TensorPlan, load_vision: bool) -> list[str]:
-    """Return parameters (or single experts of stacked ones) that no checkpoint tensor fills."""
-    whole: set[str] = set()
-    experts: dict[str, set[int]] = defaultdict(set)
+    """Return parameters, or the experts and row halves of them, that no checkpoint tensor fills."""
+    filled: dict[str, set[tuple[int | None, int | None]]] = defaultdict(set)
     for target in plan.targets.values():
-        if target.kind is TargetKind.EXPERT:
-            experts[target.param].add(target.expert)
-        else:
-            whole.update(_target_params(target))
+        filled[target.param].add((target.expert, target.half))
     tied = model.config.text.tie_word_embeddings
     missing = []
     for name, param in model.named_parameters():
-        if name in whole or (tied and name == "language_model.lm_head.weight"):
+        if tied and name == "language_model.lm_head.weight":
             continue
         if not load_vision and name.startswith(("vision_tower.", "mm_projector.")):
             continue
-        if ".mlp.experts." in name and name in experts:
-            absent = sorted(set(range(param.shape[0])) - experts[name])
-            missing.extend(f"{name}[expert {e}]" for e in absent)
+        parts = filled.get(name, set())
+        if (None, None) in parts:
             continue
-        missing.append(name)
+        if not parts:
+            missing.append(name)
+            continue
+        # Filled piecewise: every expert (if stacked) and every half (if fused) must be present.
+        experts = range(param.shape[0]) if any(e is not None for e, _ in parts) else [None]
+        halves = (0, 1) if any(h is not None for _, h in parts) else [None]
+        for expert in experts:
+            for half in halves:
+                if (expert, half) not in parts:
+                    where = ", ".join(x for x in (f"expert {expert}" if expert is not None else "",
+                                                  _HALF_NAMES[half] if half is not None else "") if x)
+                    missing.append(f"{name}[{where}]")
+    return missing
+
+
+def _missing_int4_parts(plan: TensorPlan, int4_modules: dict[str, Int4RoutedExperts]) -> list[str]:
+    """Return the parts (weight_packed, weight_scale, weight_shape) of INT4 expert projections that are absent."""
+    filled = {(t.param, t.expert, t.half, t.int4_part) for t in plan.int4.values()}
+    missing = []
+    for path, module in int4_modules.items():
+        for proj in module.shapes:
+            param = f"{path}.{proj}"
+            halves = (0, 1) if proj == "gate_up_proj" else (None,)
+            for expert in range(module.num_experts):
+                for half in halves:
+                    for part in PARTS:
+                        if (param, expert, half, part) not in filled:
+                            where = f"expert {expert}" + (f", {_HALF_NAMES[half]}" if half is not None else "")
+                            missing.append(f"{param}[{where}].{part}")
     return missing
 
 
@@ -216,11 +323,37 @@ def _mismatch_message(checkpoint_dir: Path, missing: list[str], unexpected: list
 
 
 def _copy_tensor(tensor: torch.Tensor, target: Target, params: dict[str, torch.nn.Parameter]) -> None:
-    if target.kind is TargetKind.GATE_UP_STACK:
-        gate, up = params[f"{target.param}.gate_proj"], params[f"{target.param}.up_proj"]
-        gate.copy_(tensor[:, : gate.shape[1]])
-        up.copy_(tensor[:, gate.shape[1]:])
-    elif target.kind is TargetKind.EXPERT:
-        params[target.param][target.expert].copy_(tensor)
-    else:
-        params[target.param].copy_(tensor)
+    _destination(target, params).copy_(tensor)
+
+
+def _copy_int4_experts(plan: TensorPlan, int4_modules: dict[str, Int4RoutedExperts],
+                       advance: Callable[[int], object]) -> None:
+    """Read the parts of each expert projection (gate and up together) and pack them into their module.
+
+    Shards stay open (memory-mapped) while the projections are read in shard order, because the
+    parts of one projection need not share a shard.
+    """
+    groups: dict[tuple[str, int], dict[tuple[int | None, str], str]] = defaultdict(dict)
+    for name, target in plan.int4.items():
+        groups[(target.param, target.expert)][(target.half, target.int4_part)] = name
+
+    def order(item):
+        (param, expert), names = item
+        return str(plan.shard_of[min(names.values())]), param, expert
+
+    with ExitStack() as stack:
+        handles = {}
+
+        def read(name: str) -> torch.Tensor:
+            shard = plan.shard_of[name]
+            if shard not in handles:
+                handles[shard] = stack.enter_context(safe_open(shard, framework="pt", device="cpu"))
+            return handles[shard].get_tensor(name)
+
+        for (param, expert), names in sorted(groups.items(), key=order):
+            path, proj = param.rsplit(".", 1)
+            halves = (0, 1) if proj == "gate_up_proj" else (None,)
+            weight_packed = torch.cat([read(names[(half, "weight_packed")]) for half in halves])
+            weight_scale = torch.cat([read(names[(half, "weight_scale")]) for half in halves])
+            int4_modules[path].load_expert(proj, expert, weight_packed, weight_scale)
+            advance(len(names))

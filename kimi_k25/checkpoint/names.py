@@ -4,14 +4,18 @@
 |-------------------------------------------------------------|--------------------------------------------|
 | language_model.model.{embed_tokens,norm,layers.L.*}         | language_model.{embed_tokens,norm,layers.L.*} |
 | language_model.lm_head.weight                               | language_model.lm_head.weight              |
-| language_model.model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight | language_model.layers.L.mlp.experts.{gate,up,down}_proj[E] |
+| language_model.model.layers.L.mlp.experts.E.{gate,up}_proj.weight | language_model.layers.L.mlp.experts.gate_up_proj[E], first / second half of the rows |
+| language_model.model.layers.L.mlp.experts.E.down_proj.weight | language_model.layers.L.mlp.experts.down_proj[E] |
+| ….experts.E.{gate,up,down}_proj.{weight_packed,weight_scale,weight_shape} (INT4) | the same slices of `Int4RoutedExperts` |
+| language_model.model.layers.L.mlp.{gate,up}_proj.weight (also shared_experts) | ….mlp.gate_up_proj.weight, first / second half of the rows |
 | vision_tower.patch_embed.{proj,pos_emb}.*                   | vision_tower.patch_embed.{proj,pos_emb}.*  |
 | vision_tower.encoder.blocks.B.* / .final_layernorm.*       | vision_tower.blocks.B.* / .final_layernorm.* |
 | mm_projector.{pre_norm,proj.0,proj.2}.*                     | mm_projector.{pre_norm,proj.0,proj.2}.*    |
 
 Also accepted: text-only DeepSeek-V3 / Kimi K2 names (`model.*`, `lm_head.weight`), the names
 transformers uses in memory (`model.language_model.*`, top-level `lm_head`, stacked
-`experts.gate_up_proj` / `experts.down_proj`), and the three names its `save_pretrained` writes
+`experts.gate_up_proj` / `experts.down_proj`, gate rows first as here), and the three names its
+`save_pretrained` writes
 differently from the official files (`language_model.model.blocks.L`,
 `vision_tower.encoder.patch_embed`, `model.mm_projector`).
 """
@@ -24,18 +28,24 @@ from enum import Enum
 
 
 class TargetKind(Enum):
-    PARAM = "param"              # copy the tensor into the parameter as is
-    EXPERT = "expert"            # copy into row `expert` of a stacked expert parameter
-    GATE_UP_STACK = "gate_up"    # transformers' (E, 2I, D) stack: first I rows gate, last I rows up
-    INT4 = "int4"                # compressed-tensors pack-quantized expert part
-    IGNORED = "ignored"          # deliberately dropped (multi-token-prediction layers)
+    PARAM = "param"      # copy into the parameter, or into the slice named by expert and half
+    INT4 = "int4"        # compressed-tensors pack-quantized expert part
+    IGNORED = "ignored"  # deliberately dropped (multi-token-prediction layers)
 
 
 @dataclass(frozen=True)
 class Target:
+    """Where one checkpoint tensor goes.
+
+    `expert` selects one expert of a stacked (E, ...) parameter. `half` selects the first (0) or
+    second (1) half of the rows, because gate and up projections are stored fused as one
+    `gate_up_proj` with the gate rows first.
+    """
+
     kind: TargetKind
     param: str = ""
     expert: int | None = None
+    half: int | None = None
     int4_part: str = ""
 
 
@@ -57,6 +67,8 @@ _PREFIXES = (
 _LAYER = re.compile(r"^language_model\.(?:layers|blocks)\.(\d+)\.(.*)$")
 _EXPERT = re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(weight|weight_packed|weight_scale|weight_shape)$")
 _STACKED = re.compile(r"^mlp\.experts\.(gate_up_proj|down_proj)$")
+_MLP_GATE_UP = re.compile(r"^(mlp\.(?:shared_experts\.)?)(gate_proj|up_proj)\.weight$")
+_GATE_UP_HALF = {"gate_proj": 0, "up_proj": 1}
 
 
 def normalize_prefix(name: str) -> str | None:
@@ -86,20 +98,23 @@ def resolve(name: str, num_hidden_layers: int) -> Target | None:
     expert = _EXPERT.match(rest)
     if expert is not None:
         index, proj, suffix = int(expert.group(1)), expert.group(2), expert.group(3)
-        param = f"{layer_path}.mlp.experts.{proj}"
+        param = f"{layer_path}.mlp.experts.{'down_proj' if proj == 'down_proj' else 'gate_up_proj'}"
+        half = _GATE_UP_HALF.get(proj)
         if suffix == "weight":
-            return Target(TargetKind.EXPERT, param, index)
-        return Target(TargetKind.INT4, param, index, int4_part=suffix)
+            return Target(TargetKind.PARAM, param, index, half)
+        return Target(TargetKind.INT4, param, index, half, int4_part=suffix)
     stacked = _STACKED.match(rest)
     if stacked is not None:
-        if stacked.group(1) == "gate_up_proj":
-            return Target(TargetKind.GATE_UP_STACK, f"{layer_path}.mlp.experts")
-        return Target(TargetKind.PARAM, f"{layer_path}.mlp.experts.down_proj")
+        return Target(TargetKind.PARAM, f"{layer_path}.mlp.experts.{stacked.group(1)}")
+    mlp = _MLP_GATE_UP.match(rest)
+    if mlp is not None:
+        return Target(TargetKind.PARAM, f"{layer_path}.{mlp.group(1)}gate_up_proj.weight",
+                      half=_GATE_UP_HALF[mlp.group(2)])
     return Target(TargetKind.PARAM, f"{layer_path}.{rest}")
 
 
 def official_name(param: str) -> str:
-    """Return the official Kimi K2.5 checkpoint name of a (non-expert) parameter path."""
+    """Return the official Kimi K2.5 checkpoint name of a parameter path (not fused, not stacked)."""
     if param.startswith("language_model.lm_head."):
         return param
     if param.startswith("language_model."):
@@ -109,7 +124,11 @@ def official_name(param: str) -> str:
     return param
 
 
-def official_expert_name(param: str, expert: int) -> str:
-    """Official name of expert `expert` of a stacked parameter `...mlp.experts.{gate,up,down}_proj`."""
-    head, proj = param.rsplit(".", 1)
-    return f"{official_name(head)}.{expert}.{proj}.weight"
+def official_expert_name(param: str, expert: int, proj: str, part: str = "weight") -> str:
+    """Official name of expert `expert`'s `proj` (gate_proj, up_proj, down_proj) of a stacked parameter.
+
+    `part` is `weight` for an unquantized expert, or `weight_packed`, `weight_scale` or
+    `weight_shape` for an INT4 one.
+    """
+    head = param.rsplit(".", 1)[0]
+    return f"{official_name(head)}.{expert}.{proj}.{part}"

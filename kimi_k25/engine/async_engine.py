@@ -1,8 +1,13 @@
-"""Drive `LLMEngine` from a background thread and hand results to asyncio callers.
+"""Drive `LLMEngine` from one thread and hand results to asyncio callers in another.
 
 The model runs in one dedicated thread, so steps never block the event loop (PyTorch releases
 the GIL inside its kernels). Callers submit requests from the loop; the engine thread pushes
 every `RequestOutput` into the request's asyncio queue with `call_soon_threadsafe`.
+
+`start()` runs the loop in a new thread. `run_here()` runs it in the calling thread, which the
+server uses for the main thread: the thread that loaded the model already owns PyTorch's OpenMP
+worker team, and a second team in another thread makes every matrix product slower
+(measured: bf16 matrix-vector products at ~10 GB/s from a second thread against ~14 GB/s).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,16 +60,26 @@ class AsyncEngine:
         self._stopping = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="kimi-k25-engine", daemon=True)
+        self._keep_running: Callable[[], bool] = lambda: True
 
     def start(self) -> None:
         self._thread.start()
         logger.info("Engine thread started")
 
+    def run_here(self, keep_running: Callable[[], bool]) -> None:
+        """Run the engine loop in the calling thread until `keep_running()` turns false."""
+        self._thread = threading.current_thread()
+        self._keep_running = keep_running
+        logger.info("Engine loop running in thread %s", self._thread.name)
+        self._run()
+        logger.info("Engine loop stopped")
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._inbox.put(None)
-        self._thread.join(timeout)
-        logger.info("Engine thread stopped")
+        if self._thread is not threading.current_thread() and self._thread.is_alive():
+            self._thread.join(timeout)
+            logger.info("Engine thread stopped")
 
     @property
     def num_waiting(self) -> int:
@@ -104,7 +119,7 @@ class AsyncEngine:
 
     def _run(self) -> None:
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and self._keep_running():
                 self._drain_inbox(block=not self.engine.has_unfinished_requests())
                 if self.engine.has_unfinished_requests():
                     for output in self.engine.step():

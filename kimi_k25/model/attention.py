@@ -56,7 +56,7 @@ class MLAttention(nn.Module):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x_TD)))
         q = q.view(-1, self.num_heads, self.qk_head_dim)
         q_nope, q_rope = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
-        q = torch.cat([q_nope, apply_rotary_interleaved(q_rope, cos, sin)], dim=-1)
+        q_rope = apply_rotary_interleaved(q_rope, cos, sin)
 
         # compressed keys and values: normalised latent ‖ rotated shared key, (T, Lkv + R)
         latent, k_rope = self.kv_a_proj_with_mqa(x_TD).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
@@ -64,22 +64,57 @@ class MLAttention(nn.Module):
         if cache is not None and batch.slot_mapping is not None:
             cache.write(self.layer_idx, batch.slot_mapping, latent_kv)
 
-        # attention, one sequence at a time over its whole context
-        outputs = []
+        # per sequence, the cheaper of the two attention paths over its whole context
+        use_cache = cache is not None and batch.context_slots is not None
+        context_lens = batch.context_lens if use_cache else batch.query_lens
+        absorbed = [self.prefers_absorbed(q_len, s_len) for q_len, s_len in zip(batch.query_lens, context_lens)]
+        q_expanded = torch.cat([q_nope, q_rope], dim=-1) if not all(absorbed) else None
+        q_latent = None
+        if any(absorbed):
+            # Moving queries into latent space is per token, so it runs once for the whole batch.
+            w_uk, _ = self._absorbed_weights()
+            q_latent = torch.cat([torch.einsum("thn,hnl->thl", q_nope, w_uk), q_rope], dim=-1)
+
+        outputs: list[torch.Tensor] = []
         start = 0
         for i, query_len in enumerate(batch.query_lens):
-            q_i = q[start:start + query_len]
-            if cache is not None and batch.context_slots is not None:
+            rows = slice(start, start + query_len)
+            if use_cache:
                 context = cache.read(self.layer_idx, batch.context_slots[i]).to(q.dtype)
             else:
-                context = latent_kv[start:start + query_len]
-            if self.prefers_absorbed(query_len, context.shape[0]):
-                outputs.append(self._attend_absorbed(q_i, context))
+                context = latent_kv[rows]
+            if absorbed[i]:
+                outputs.append(self._attend_latent(q_latent[rows], context))
             else:
-                outputs.append(self._attend_expanded(q_i, context))
+                outputs.append(self._attend_expanded(q_expanded[rows], context))
             start += query_len
-        out = torch.cat(outputs, dim=0)  # (T, H * V)
-        return self.o_proj(out)
+
+        if any(absorbed):
+            # Back from latent space to per-head values, again once for every absorbed token.
+            _, w_uv = self._absorbed_weights()
+            latent_rows = torch.cat([out for out, is_latent in zip(outputs, absorbed) if is_latent])
+            values = iter(torch.einsum("thl,hvl->thv", latent_rows, w_uv).flatten(1).split(
+                [q_len for q_len, is_latent in zip(batch.query_lens, absorbed) if is_latent]))
+            outputs = [next(values) if is_latent else out for out, is_latent in zip(outputs, absorbed)]
+        return self.o_proj(torch.cat(outputs, dim=0))  # (T, H * V) in, (T, D) out
+
+    def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return kv_b_proj split per head into W_UK (H, N, Lkv) and W_UV (H, V, Lkv), contiguous.
+
+        Cached until the weight changes (its version counter moves, as under training), so that
+        decoding does not copy the strided halves of kv_b_proj in every step.
+        """
+        weight = self.kv_b_proj.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if getattr(self, "_absorbed_key", None) != key:
+            per_head = weight.detach().view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+            w_uk, w_uv = per_head.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
+            self._absorbed = (w_uk.contiguous(), w_uv.contiguous())
+            self._absorbed_key = key
+        if weight.requires_grad and torch.is_grad_enabled():
+            per_head = weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+            return tuple(per_head.split([self.qk_nope_head_dim, self.v_head_dim], dim=1))
+        return self._absorbed
 
     def prefers_absorbed(self, num_queries: int, num_context: int) -> bool:
         """Pick the cheaper attention path by multiply-adds.
@@ -118,27 +153,18 @@ class MLAttention(nn.Module):
         )[0]  # (H, Q, V)
         return out.transpose(0, 1).reshape(num_queries, self.num_heads * self.v_head_dim)
 
-    def _attend_absorbed(self, q_QHD: torch.Tensor, context_SC: torch.Tensor) -> torch.Tensor:
-        """Attention computed against the cached latents directly; returns (Q, H * V).
+    def _attend_latent(self, q_latent_QHC: torch.Tensor, context_SC: torch.Tensor) -> torch.Tensor:
+        """Attention of latent-space queries (Q, H, Lkv + R) over the cached latents; returns (Q, H, Lkv).
 
-        kv_b_proj's key half is folded into the queries (q_nope·W_UK gives a query over the
-        Lkv-wide latent) and its value half is applied after attention (W_UV), so no per-head key
-        or value is ever materialised. All heads then share one key and value tensor, so the H
-        heads of a query run as H rows of a single attention over the S latents.
+        All heads share one key and value tensor (the latents), so the H heads of a query run as H
+        rows of a single attention. The values are the whole cached row: the extra R rotary
+        columns let PyTorch use its fused kernel (equal key and value widths) and are dropped after.
         """
-        num_queries, num_context = q_QHD.shape[0], context_SC.shape[0]
-        w_kv = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
-        w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)  # (H, N, Lkv), (H, V, Lkv)
-        q_nope, q_rope = q_QHD.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
-        q_latent = torch.einsum("qhn,hnl->qhl", q_nope, w_uk)
-        q_full = torch.cat([q_latent, q_rope], dim=-1).reshape(1, 1, num_queries * self.num_heads, -1)
-
-        mask = self._causal_mask(num_queries, num_context, q_QHD.device)
+        num_queries, num_context = q_latent_QHC.shape[0], context_SC.shape[0]
+        q_rows = q_latent_QHC.reshape(1, 1, num_queries * self.num_heads, -1)
+        mask = self._causal_mask(num_queries, num_context, q_rows.device)
         if mask is not None:
             mask = mask.repeat_interleave(self.num_heads, dim=0)  # one row per (query, head)
-        latent = context_SC[:, :self.kv_lora_rank]
-        out_latent = F.scaled_dot_product_attention(
-            q_full, context_SC[None, None], latent[None, None], attn_mask=mask, scale=self.softmax_scale,
-        ).view(num_queries, self.num_heads, self.kv_lora_rank)
-        out = torch.einsum("qhl,hvl->qhv", out_latent, w_uv)
-        return out.reshape(num_queries, self.num_heads * self.v_head_dim)
+        kv = context_SC[None, None]
+        out = F.scaled_dot_product_attention(q_rows, kv, kv, attn_mask=mask, scale=self.softmax_scale)
+        return out[0, 0, :, :self.kv_lora_rank].view(num_queries, self.num_heads, self.kv_lora_rank)

@@ -40,8 +40,12 @@ def init_random_weights(model: KimiK25Model, seed: int = 0, std: float = 0.02, b
             else:
                 module.e_score_correction_bias.zero_()
         elif isinstance(module, RoutedExperts):
-            for param in (module.gate_proj, module.up_proj, module.down_proj):
-                normal_(param)
+            # Gate then up, each over all experts, then down: the order of the unfused layout, so
+            # that a seed gives the same weights as before gate and up were fused.
+            inter = module.gate_up_proj.shape[1] // 2
+            normal_(module.gate_up_proj[:, :inter])
+            normal_(module.gate_up_proj[:, inter:])
+            normal_(module.down_proj)
     if model.vision_tower is not None:
         normal_(model.vision_tower.patch_embed.pos_emb.weight)
     return model

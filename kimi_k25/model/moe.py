@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_k25.model.config import TextConfig
-from kimi_k25.model.layers import MLP
+from kimi_k25.model.layers import MLP, swiglu
 
 
 class Router(nn.Module):
@@ -58,35 +58,39 @@ class Router(nn.Module):
 
 
 class RoutedExperts(nn.Module):
-    """E SwiGLU experts stored as stacked weights, (E, I, D) for gate/up and (E, D, I) for down."""
+    """E SwiGLU experts stored stacked: gate_up_proj (E, 2I, D), gate rows first, and down_proj (E, D, I)."""
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         num_experts, hidden, inter = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
         self.num_experts = num_experts
-        self.gate_proj = nn.Parameter(torch.empty(num_experts, inter, hidden))
-        self.up_proj = nn.Parameter(torch.empty(num_experts, inter, hidden))
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden, inter))
 
+    def expert_forward(self, expert: int, x_ND: torch.Tensor) -> torch.Tensor:
+        """Run the N tokens routed to `expert` through it, (N, D) -> (N, D)."""
+        h = swiglu(F.linear(x_ND, self.gate_up_proj[expert]))
+        return F.linear(h, self.down_proj[expert])
+
     def forward(self, x_TD: torch.Tensor, indices_TK: torch.Tensor, weights_TK: torch.Tensor) -> torch.Tensor:
-        """Run each token through its K experts and return the weighted sum, (T, D)."""
+        """Run each token through its K experts and return the weighted sum, (T, D).
+
+        The T·K (token, expert) pairs are sorted by expert so that each chosen expert runs once
+        on a contiguous slice of its tokens; experts no token chose are not touched.
+        """
         num_tokens, top_k = indices_TK.shape
-        # Sort the T*K (token, expert) pairs by expert so each expert runs once on a contiguous slice.
         flat_experts = indices_TK.flatten()
         order = flat_experts.argsort(stable=True)
         token_of_pair = order // top_k
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
+        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        active = counts.nonzero().flatten().tolist()
+        ends = counts.cumsum(0).tolist()
 
         x_sorted = x_TD[token_of_pair]
         y_sorted = torch.empty_like(x_sorted)
-        start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = slice(start, start + count)
-            h = F.silu(x_sorted[rows] @ self.gate_proj[expert].T) * (x_sorted[rows] @ self.up_proj[expert].T)
-            y_sorted[rows] = h @ self.down_proj[expert].T
-            start += count
+        for expert in active:
+            rows = slice(ends[expert] - int(counts[expert]), ends[expert])
+            y_sorted[rows] = self.expert_forward(expert, x_sorted[rows])
 
         weighted = y_sorted.float() * weights_TK.flatten()[order, None]
         out = torch.zeros(num_tokens, x_TD.shape[-1], dtype=torch.float32, device=x_TD.device)

@@ -169,7 +169,14 @@ class ServingContext:
 
 # Status for a response nobody will read: the client closed the connection (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
-DISCONNECT_POLL_SECONDS = 0.5
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return once the client has closed the connection (the request body is already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def cancel_on_disconnect(request: Request, request_id: str, work: Coroutine[Any, Any, Response]) -> Response:
@@ -178,15 +185,19 @@ async def cancel_on_disconnect(request: Request, request_id: str, work: Coroutin
     Streaming responses need no watcher: Starlette cancels their generator on disconnect.
     """
     task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            logger.info("Request %s: the client disconnected; generation aborted", request_id)
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    if task.cancelled():
+        logger.info("Request %s: the client disconnected; generation aborted", request_id)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return task.result()
 
 
 async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -49,7 +50,7 @@ class ServeOptions:
 
 
 def build_context(options: ServeOptions) -> ServingContext:
-    """Load tokenizer, chat format and weights, and start the engine thread."""
+    """Load tokenizer, chat format and weights; the caller starts the engine loop."""
     model_dir = Path(options.model) if options.model else DEFAULT_MODEL_DIR
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a checkpoint directory: it has no config.json")
@@ -63,15 +64,15 @@ def build_context(options: ServeOptions) -> ServingContext:
     model = load_checkpoint(model_dir, dtype=DTYPES[options.dtype])
     logger.info("Loaded weights in %.1f s", time.monotonic() - start)
     if model.config.text.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is only "
-                         f"{model.config.text.vocab_size}")
+        # Requests whose text encodes to ids the model lacks are rejected one by one with a 400.
+        logger.warning("The tokenizer has %d tokens but the model's vocab_size is only %d; prompts that use the "
+                       "missing ids will be rejected", tokenizer.vocab_size, model.config.text.vocab_size)
 
     engine = LLMEngine(model, tokenizer, options.engine or EngineConfig())
     # Converting the vocabulary for constrained decoding takes about a second; do it in the
     # background so the first request with tool_choice or response_format does not wait for it.
     threading.Thread(target=lambda: engine.grammar_compiler.ll_tokenizer, name="grammar-warmup", daemon=True).start()
     async_engine = AsyncEngine(engine, max_waiting_requests=options.max_waiting_requests)
-    async_engine.start()
     default_name = "kimi-k25-default" if options.model is None else model_dir.name
     media_processor, media_cache = build_media(model_dir, options) if model.has_vision else (None, None)
     return ServingContext(
@@ -137,8 +138,16 @@ def serve(options: ServeOptions) -> None:
     # Request logging is ours (one line per request with its id), so uvicorn's access log is off.
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
                             access_log=False, timeout_graceful_shutdown=options.shutdown_timeout)
+    server = DrainingServer(config, context)
+    http_thread = threading.Thread(target=server.run, name="http", daemon=True)
+    # Uvicorn installs signal handlers only in the main thread, which runs the engine here, so the
+    # handlers are installed for it: SIGTERM and Ctrl+C start the drain.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.handle_exit)
+    http_thread.start()
     try:
-        DrainingServer(config, context).run()
+        context.engine.run_here(keep_running=http_thread.is_alive)
     finally:
-        context.engine.stop()
+        server.should_exit = True
+        http_thread.join(options.shutdown_timeout + 5)
         logger.info("Server stopped")
