@@ -31,9 +31,9 @@ def active_bytes_per_step(config: dict, batch: int, bytes_per_weight: float,
                           expert_bytes_per_weight: float | None = None) -> tuple[float, float]:
     """Return (bytes read by one decode step of `batch` tokens, expected distinct experts per MoE layer).
 
-    Counts every non-expert weight (embedding rows excluded: B rows of the table), the lm_head,
-    and the expected distinct routed experts; `expert_bytes_per_weight` prices the routed experts
-    differently, e.g. 0.5625 for INT4 with a bf16 scale per 32 weights.
+    Counts every non-expert weight, the lm_head, the B embedding rows used, and the expected
+    distinct routed experts. `expert_bytes_per_weight` prices the routed experts differently,
+    for example 0.5625 for INT4 with a bf16 scale per 32 weights.
     """
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]

@@ -1,8 +1,8 @@
 """Serving benchmark: kimi-k25 against transformers' `generate` on the same checkpoint, in one run.
 
-Workload (fixed by the project's benchmark protocol): prompts of 128 token ids drawn uniformly
-from [2, 32000) with seed 0; 64 new tokens each, greedy, end of sequence ignored; batch 1 (one
-request) and batch 8 (eight concurrent requests). A figure is generated tokens divided by the
+The workload is fixed by the project's benchmark protocol. Prompts are 128 token ids drawn
+uniformly from [2, 32000) with seed 0. Each gets 64 new tokens, greedy, with the end of sequence
+ignored. Batch 1 is one request and batch 8 is eight concurrent requests. A figure is generated tokens divided by the
 wall time from submission to the last token, prefill included. The model is the Kimi K2.5 text
 architecture scaled down to 642M parameters (`bench-config.json`), random bf16 weights, seed 0.
 
@@ -39,6 +39,8 @@ DEFAULT_CONFIG = REPO.parent / "shared" / "bench" / "bench-config.json"
 OUT_DIR = REPO / "bench" / "out"
 PAGE = REPO / "docs" / "benchmarks.md"
 PROMPT_LEN, NEW_TOKENS, SEED = 128, 64, 0
+# Bytes per routed-expert weight in the official INT4 format: a nibble plus a bf16 scale per 32.
+INT4_BYTES_PER_WEIGHT = 0.5 + 2 / 32
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 BEGIN, END = "<!-- serving:begin -->", "<!-- serving:end -->"
 
@@ -55,6 +57,16 @@ def read_config(path: Path) -> dict:
 
 
 # ----- checkpoint ------------------------------------------------------------------------------
+
+
+def build_int4_checkpoint(bf16_checkpoint: Path) -> Path:
+    """Quantize the bench checkpoint's routed experts to the official INT4 layout (kimi-k25 quantize)."""
+    out = bf16_checkpoint.with_name(bf16_checkpoint.name + "-int4")
+    if not (out / "config.json").is_file():
+        from kimi_k25.checkpoint.writer import quantize_checkpoint
+
+        quantize_checkpoint(bf16_checkpoint, out)
+    return out
 
 
 def build_checkpoint(config_path: Path, out: Path) -> Path:
@@ -112,7 +124,25 @@ def worker_kimi(checkpoint: Path, concurrency: list[int]) -> dict:
         results[count] = {"tokens_per_s": generated / wall, "wall_s": wall,
                           "ttft_s": sum(first_token.values()) / count,
                           "latency_s": sum(finished.values()) / count}
-    return {"results": results, "peak_rss_mib": peak_rss_mib()}
+    return {"results": results, "peak_rss_mib": peak_rss_mib(),
+            "ttft_under_load_s": ttft_under_load(engine, params, streams=16)}
+
+
+def ttft_under_load(engine, params, streams: int) -> float:
+    """Time to first token of a 128-token prompt that arrives while `streams` requests are decoding."""
+    for i, prompt in enumerate(bench_prompts(streams)):
+        engine.add_request(f"load{i}", prompt, params)
+    while any(seq.num_computed_tokens < len(seq.prompt_ids) for seq in engine.sequences.values()):
+        engine.step()
+    engine.add_request("probe", bench_prompts(streams + 1)[-1], params)
+    start = time.perf_counter()
+    ttft = None
+    while ttft is None:
+        if any(output.request_id == "probe" for output in engine.step()):
+            ttft = time.perf_counter() - start
+    for request_id in list(engine.sequences):
+        engine.abort_request(request_id)
+    return ttft
 
 
 def worker_transformers(checkpoint: Path, batches: list[int]) -> dict:
@@ -234,15 +264,30 @@ def write_page(report: dict) -> None:
     row("transformers as a fraction of the floor", [f"{h1['tokens_per_s'] / floor1['tokens_per_s']:.0%}",
                                                     f"{h8['tokens_per_s'] / floor8['tokens_per_s']:.0%}"])
     row("kimi-k25 time to first token, s", [f"{k1['ttft_s']:.3f}", f"{k8['ttft_s']:.3f}"])
+    row("kimi-k25 time to first token of a 128-token prompt while 16 streams decode, s",
+        [f"{kimi['ttft_under_load_s']:.3f}", ""])
     row("peak resident memory, MiB (kimi-k25 / transformers)",
         [f"{kimi['peak_rss_mib']:.0f} / {hf['peak_rss_mib']:.0f}", "same processes"])
+    q1, q8 = report["kimi_int4"]["results"]["1"], report["kimi_int4"]["results"]["8"]
+    f41, f48 = report["floor_int4"]["1"], report["floor_int4"]["8"]
+    row("kimi-k25 engine, INT4 experts, tokens/s", [f"{q1['tokens_per_s']:.1f}", f"{q8['tokens_per_s']:.1f}"])
+    row("INT4 ratio to transformers (bf16)", [f"{q1['tokens_per_s'] / h1['tokens_per_s']:.2f}×",
+                                             f"{q8['tokens_per_s'] / h8['tokens_per_s']:.2f}×"])
+    row("INT4 ratio to kimi-k25 bf16", [f"{q1['tokens_per_s'] / k1['tokens_per_s']:.2f}×",
+                                       f"{q8['tokens_per_s'] / k8['tokens_per_s']:.2f}×"])
+    row("INT4 bandwidth floor, tokens/s", [f"{f41['tokens_per_s']:.0f}", f"{f48['tokens_per_s']:.0f}"])
+    row("INT4 as a fraction of its floor", [f"{q1['tokens_per_s'] / f41['tokens_per_s']:.0%}",
+                                           f"{q8['tokens_per_s'] / f48['tokens_per_s']:.0%}"])
+    row("peak resident memory, MiB (kimi-k25 INT4)", [f"{report['kimi_int4']['peak_rss_mib']:.0f}", ""])
     lines += [
         "",
         f"The floor divides the measured bandwidth by the bytes one decode step must read: "
         f"{floor1['bytes_per_step'] / 1e6:.0f} MB of bf16 weights for one token, and "
         f"{floor8['bytes_per_step'] / 1e6:.0f} MB for a step of eight tokens, which touch about "
         f"{floor8['experts_per_layer']:.1f} of the {report['num_experts']} experts per MoE layer (the expected number of "
-        "distinct experts among 8 × 8 uniform picks). It ignores prefill, so it slightly flatters every engine.",
+        "distinct experts among 8 × 8 uniform picks). The INT4 floor prices routed experts at "
+        f"{INT4_BYTES_PER_WEIGHT} bytes per weight, the official format (the kernel layout in memory holds "
+        "0.625). The floor ignores prefill, so it slightly flatters every engine.",
         "",
         "Concurrency sweep of the kimi-k25 engine (same workload, 1 to 32 concurrent requests):",
         "",
@@ -291,7 +336,8 @@ def main() -> int:
     checkpoint = build_checkpoint(args.config, OUT_DIR / "bench-checkpoint")
     raw = read_config(args.config)
 
-    steps = tqdm(total=4, desc="benchmark", unit="part")
+    int4_checkpoint = build_int4_checkpoint(checkpoint)
+    steps = tqdm(total=5, desc="benchmark", unit="part")
     bandwidth = measure_read_bandwidth()
     steps.update(1)
     levels = sorted({int(c) for c in args.concurrency.split(",")} | {1, 8})
@@ -299,16 +345,22 @@ def main() -> int:
     steps.update(1)
     hf = run_worker("transformers", checkpoint, [1, 8], args.config)
     steps.update(1)
+    kimi_int4 = run_worker("kimi", int4_checkpoint, [1, 8], args.config)
+    steps.update(1)
     server = run_worker("server", checkpoint, [1, 8], args.config)
     steps.update(1)
     steps.close()
 
-    floor = {}
+    floor, floor_int4 = {}, {}
     for batch in (1, 8):
         step_bytes, experts = active_bytes_per_step(raw, batch, bytes_per_weight=2.0)
         floor[str(batch)] = {"tokens_per_s": batch * bandwidth * 1e9 / step_bytes, "bytes_per_step": step_bytes,
                              "experts_per_layer": experts}
-    report = {"kimi": kimi, "transformers": hf, "server": server, "bandwidth_gb_s": bandwidth, "floor": floor,
+        step_bytes, _ = active_bytes_per_step(raw, batch, bytes_per_weight=2.0,
+                                              expert_bytes_per_weight=INT4_BYTES_PER_WEIGHT)
+        floor_int4[str(batch)] = {"tokens_per_s": batch * bandwidth * 1e9 / step_bytes, "bytes_per_step": step_bytes}
+    report = {"kimi": kimi, "kimi_int4": kimi_int4, "transformers": hf, "server": server,
+              "bandwidth_gb_s": bandwidth, "floor": floor, "floor_int4": floor_int4,
               "threads": torch.get_num_threads(), "num_experts": raw["n_routed_experts"],
               "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores)".strip(),
               "date": time.strftime("%Y-%m-%d")}

@@ -69,8 +69,8 @@ def build_context(options: ServeOptions) -> ServingContext:
                        "missing ids will be rejected", tokenizer.vocab_size, model.config.text.vocab_size)
 
     engine = LLMEngine(model, tokenizer, options.engine or EngineConfig())
-    # Converting the vocabulary for constrained decoding takes about a second; do it in the
-    # background so the first request with tool_choice or response_format does not wait for it.
+    # Converting the vocabulary for constrained decoding takes about a second. It runs in the
+    # background, so the first request with tool_choice or response_format does not wait for it.
     threading.Thread(target=lambda: engine.grammar_compiler.ll_tokenizer, name="grammar-warmup", daemon=True).start()
     async_engine = AsyncEngine(engine, max_waiting_requests=options.max_waiting_requests)
     default_name = "kimi-k25-default" if options.model is None else model_dir.name
@@ -101,7 +101,7 @@ def build_media(model_dir: Path, options: ServeOptions) -> tuple[MediaProcessor,
 
 
 class DrainingServer(uvicorn.Server):
-    """Uvicorn server that, on SIGTERM or Ctrl+C, answers new requests with 503 while running ones finish.
+    """Uvicorn server that, on SIGTERM or Ctrl+C, rejects new requests with 503 while running ones finish.
 
     Uvicorn then stops accepting connections and waits up to `timeout_graceful_shutdown` seconds
     for open requests; those still running after that are cancelled, which aborts their generation.
