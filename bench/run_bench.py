@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from floor import active_bytes_per_step, measure_read_bandwidth  # noqa: E402
 
-DEFAULT_CONFIG = REPO.parent / "shared" / "bench" / "bench-config.json"
+DEFAULT_CONFIG = REPO / "bench" / "bench-config.json"
 OUT_DIR = REPO / "bench" / "out"
 PAGE = REPO / "docs" / "benchmarks.md"
 PROMPT_LEN, NEW_TOKENS, SEED = 128, 64, 0

@@ -60,7 +60,8 @@ def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(default: off)")
     parser.add_argument("--max-media-items", type=int, default=None,
                         help="images and videos allowed in one request (default: 32)")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="verbosity of the server log (default: %(default)s)")
 
 
 def _add_info_parser(subparsers: argparse._SubParsersAction) -> None:

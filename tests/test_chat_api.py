@@ -335,6 +335,8 @@ def test_ignored_fields_accepted(script, client):
     ({"thinking": {"type": "maybe"}}, "thinking.type"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "x", "partial": True}]}, "messages[0].partial"),
+    ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
 ])
 def test_invalid_agent_requests(base_url, body, param):
     payload = {"model": "scripted", "messages": [{"role": "user", "content": "x"}], **body}
@@ -418,13 +420,17 @@ def test_stream_disconnect_frees_the_slot(script, scripted, base_url):
 
 def test_full_queue_is_429_with_retry_after(scripted, base_url):
     async_engine = scripted[3].async_engine
-    limit = async_engine.max_waiting_requests
+    scheduler = async_engine.engine.scheduler
+    limit, max_num_seqs = async_engine.max_waiting_requests, scheduler.max_num_seqs
+    body = {"model": "scripted", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
     async_engine.max_waiting_requests = 0
     try:
-        response = httpx.post(f"{base_url}/v1/chat/completions", timeout=30,
-                              json={"model": "scripted", "messages": [{"role": "user", "content": "x"}]})
+        # Idle: the request would run at once, so a limit of 0 waiting requests admits it.
+        assert httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+        scheduler.max_num_seqs = 0  # a full batch: this request would have to wait
+        response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
     finally:
-        async_engine.max_waiting_requests = limit
+        async_engine.max_waiting_requests, scheduler.max_num_seqs = limit, max_num_seqs
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "queue_full"

@@ -35,7 +35,7 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(served_vision_checkpoint, media_dir, tmp_path_factory):
     checkpoint_dir, _ = served_vision_checkpoint
-    process = ServerProcess(["--model", str(checkpoint_dir), "--dtype", "float32", "--max-model-len", "2048",
+    process = ServerProcess(["--model", str(checkpoint_dir), "--dtype", "float32", "--max-model-len", "4096",
                              "--kv-cache-gib", "0.05", "--allowed-local-media-path", str(media_dir),
                              "--max-media-items", str(MAX_ITEMS)],
                             tmp_path_factory.mktemp("logs") / "server.log")
@@ -134,6 +134,16 @@ def test_video_matches_reference(client, pipeline, stream):
     assert usage.prompt_tokens == num_prompt
     # 4 s at 10 fps sampled at 2 fps: 8 frames in two chunks of 4; 112×84 is a 6×8 grid, 3×4 tokens each.
     assert num_media == 2 * 12
+
+
+def test_large_image_keeps_its_media_tokens(client, pipeline):
+    """Thousands of <|media_pad|> tokens in a row are encoded as tokens, never split as text."""
+    large = data_url(encode_image(Image.fromarray(random_rgb(1400, 1400, seed=5))))
+    messages = [{"role": "user", "content": [image_part(large)]}]
+    _, num_prompt, num_media = expected_reply(pipeline, messages, 1)
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=1, temperature=0)
+    assert num_media == 50 * 50
+    assert reply.usage.prompt_tokens == num_prompt
 
 
 def test_local_file_inside_allowed_dir(client, media_dir):

@@ -46,6 +46,19 @@ def validate_tools(tools: Any) -> None:
     for index, tool in enumerate(tools):
         if not isinstance(tool, Mapping):
             raise ChatFormatError(f"each tool must be an object, got {type(tool).__name__}", f"tools[{index}]")
+        if tool.get("type", "function") != "function":
+            continue  # other tool types are not declared to the model, as in the K2.5 template
+        function = tool.get("function")
+        if not isinstance(function, Mapping):
+            raise ChatFormatError('a function tool needs a "function" object with a name and parameters',
+                                  f"tools[{index}].function")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ChatFormatError("a function tool needs a non-empty function name", f"tools[{index}].function.name")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise ChatFormatError(f"function parameters must be a JSON schema object, got {type(parameters).__name__}",
+                                  f"tools[{index}].function.parameters")
 
 
 def _validate_message(message: Any, path: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -88,6 +89,13 @@ def unpack_nibbles(weight_packed: torch.Tensor, in_features: int) -> torch.Tenso
     Shift then mask: the arithmetic shift of a negative word brings copies of the sign bit into
     the top, and the mask removes them.
     """
+    if sys.byteorder == "little" and weight_packed.is_contiguous():
+        # On a little-endian machine byte k of a word holds elements 2k (low nibble) and 2k + 1
+        # (high nibble), so splitting the bytes gives the elements in order at a quarter of the
+        # memory traffic of shifting int32 words.
+        as_bytes = weight_packed.view(torch.uint8)
+        nibbles = torch.stack((as_bytes & 0xF, as_bytes >> 4), dim=-1).flatten(-2)
+        return nibbles[..., :in_features].to(torch.int32)
     nibbles = (weight_packed.unsqueeze(-1) >> _shifts(weight_packed.device, torch.int32)) & 0xF
     return nibbles.flatten(-2)[..., :in_features]
 

@@ -144,6 +144,7 @@ class ShardWriter:
     def _flush(self) -> None:
         path = self.out_dir / f"model-{len(self.written) + 1:05d}.safetensors.partial"
         save_file(self.pending, path, metadata={"format": "pt"})
+        path.chmod(0o644)  # safetensors creates files readable by their owner only
         self.written.append((path, list(self.pending)))
         self.pending, self.pending_bytes = {}, 0
 

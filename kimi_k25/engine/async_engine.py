@@ -95,7 +95,8 @@ class AsyncEngine:
         """Yield the request's increments until it finishes; abort it if the caller stops early."""
         if not self.is_alive:
             raise EngineDeadError("the inference engine is not running")
-        if self.num_waiting >= self.max_waiting_requests:
+        batch_full = len(self.engine.scheduler.running) + self.num_waiting >= self.engine.scheduler.max_num_seqs
+        if batch_full and self.num_waiting >= self.max_waiting_requests:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting (limit "
                                  f"{self.max_waiting_requests}); retry shortly")
         outputs: asyncio.Queue = asyncio.Queue()

@@ -159,6 +159,7 @@ class LLMEngine:
         if seq is not None and not seq.is_finished:
             self.scheduler.finish(seq, "abort")
             self.metrics.observe_finish(seq.arrival_time, "abort")
+            self._update_gauges()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()
@@ -189,10 +190,13 @@ class LLMEngine:
                 seq.first_token_time = now
             seq.last_token_time = now
             outputs.append(self._append_token(seq, token, report))
+        self._update_gauges()
+        return outputs
+
+    def _update_gauges(self) -> None:
         self.metrics.observe_step(len(self.scheduler.running), len(self.scheduler.waiting), self.block_manager.usage,
                                   self.block_manager.prefix_queries, self.block_manager.prefix_hits,
                                   self.scheduler.num_preemptions)
-        return outputs
 
     def _append_token(self, seq: Sequence, token: int, report: TokenLogprobs | None) -> RequestOutput:
         state = self.outputs[seq.request_id]

@@ -216,7 +216,6 @@ async def prepare_inputs(context: ServingContext, plan: ChatPlan, request_id: st
         media = await asyncio.gather(*(asyncio.to_thread(processor.process_part, p) for p in plan.media_parts))
         expanded = expand_media_prompt(plan.prompt_text, media)
     except MediaError as error:
-        logger.info("Request %s: rejected media (%s): %s", request_id, error.code, error)
         raise _media_request_error(error) from error
     plan.prompt_ids = context.tokenizer.encode(expanded.text)
     placeholder = context.tokenizer.media_pad_id

@@ -88,7 +88,10 @@ class ServingContext:
             raise APIError(503, "The server is shutting down; retry against another replica or after restart.",
                            SERVICE_UNAVAILABLE, code="shutting_down", headers=retry)
         engine = self.engine
-        if engine.num_waiting >= engine.max_waiting_requests:
+        scheduler = engine.engine.scheduler
+        # A request waits only when the running batch is full; then at most max_waiting_requests may.
+        batch_full = len(scheduler.running) + engine.num_waiting >= scheduler.max_num_seqs
+        if batch_full and engine.num_waiting >= engine.max_waiting_requests:
             raise APIError(429, f"The server is busy: {engine.num_waiting} requests are waiting (limit "
                                 f"{engine.max_waiting_requests}); retry shortly.", RATE_LIMITED, code="queue_full",
                            headers=retry)
@@ -102,6 +105,9 @@ class ServingContext:
     def sampling_params(self, body: SamplingFields, max_tokens: int | None, logprobs: int | None,
                         skip_special_tokens: bool, keep_special_ids: frozenset[int] = frozenset()) -> SamplingParams:
         """Turn request fields into engine sampling parameters, with checkpoint defaults for unset ones."""
+        if body.stream_options is not None and not body.stream:
+            raise invalid_request("stream_options is only allowed when stream is true; set \"stream\": true or "
+                                  "remove stream_options.", param="stream_options")
         for token_id in body.stop_token_ids or []:
             if not 0 <= token_id < self.tokenizer.vocab_size:
                 raise invalid_request(f"stop_token_ids contains {token_id}, outside the vocabulary of "

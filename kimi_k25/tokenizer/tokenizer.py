@@ -237,6 +237,9 @@ class KimiTokenizer:
         )
         self._num_ranks = num_ranks
         self._special_names = frozenset(self._special_id_by_name)
+        # Longest names first, so a name that is a prefix of another never wins.
+        names = sorted(self._special_id_by_name, key=len, reverse=True)
+        self._special_pattern = re.compile("|".join(re.escape(name) for name in names))
         self._skipped_ids = frozenset(token.id for token in special_tokens if token.special)
 
         self.bos_token = bos_token
@@ -399,12 +402,19 @@ class KimiTokenizer:
         as ``<|im_end|>``, becomes that token's id. Without it the name is encoded as plain text,
         which is what untrusted user content needs.
         """
+        if not allow_special:
+            return [t for piece in split_long_text(text) for t in self._encoding.encode_ordinary(piece)]
+        # Special-token names are cut out before the long-text rule applies, so that rule never
+        # splits a name: a long run of markers such as an image's <|media_pad|> tokens stays whole.
         ids: list[int] = []
-        for piece in split_long_text(text):
-            if allow_special:
-                ids.extend(self._encoding.encode(piece, allowed_special=self._special_names, disallowed_special=()))
-            else:
+        position = 0
+        for match in self._special_pattern.finditer(text):
+            for piece in split_long_text(text[position:match.start()]):
                 ids.extend(self._encoding.encode_ordinary(piece))
+            ids.append(self._special_id_by_name[match.group()])
+            position = match.end()
+        for piece in split_long_text(text[position:]):
+            ids.extend(self._encoding.encode_ordinary(piece))
         return ids
 
     def decode_bytes(self, ids: Iterable[int], skip_special_tokens: bool = False) -> bytes:
