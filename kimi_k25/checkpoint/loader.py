@@ -184,7 +184,7 @@ def _wrong_int4_part(handle, name: str, target: Target, int4_modules: dict[str, 
 
 
 def _int4_weight_shape(target: Target, int4_modules: dict[str, Int4RoutedExperts]) -> tuple[int, int]:
-    """The unpacked (out, in) of one checkpoint projection: gate and up are each half of gate_up's rows."""
+    """Return the unpacked (out, in) of one checkpoint projection; gate and up are each half of gate_up's rows."""
     path, proj = target.param.rsplit(".", 1)
     out_features, in_features = int4_modules[path].shapes[proj]
     if target.half is not None:
@@ -197,7 +197,7 @@ def _expected_shape(target: Target, params: dict[str, torch.nn.Parameter]) -> tu
 
 
 def _destination(target: Target, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
-    """The parameter, or the expert and row half of it, that a tensor is copied into."""
+    """Return the parameter, or the expert and row half of it, that a tensor is copied into."""
     tensor = params[target.param]
     if target.expert is not None:
         tensor = tensor[target.expert]

@@ -104,6 +104,7 @@ class TextConfig:
                  f"({self.num_attention_heads}), got {self.num_key_value_heads}")
         _require(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",
                  f"must be even (rotary dims rotate in pairs), got {self.qk_rope_head_dim}")
+
         _require(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
         _require(not self.attention_bias, "attention_bias", "bias tensors in attention are not supported")
         _require(self.rms_norm_eps > 0, "rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
@@ -114,6 +115,7 @@ class TextConfig:
         if self.first_k_dense_replace > 0:
             _require(self.intermediate_size > 0, "intermediate_size",
                      f"dense layers need a positive size, got {self.intermediate_size}")
+
         if self.num_moe_layers:
             self._check_moe()
         if self.rope_scaling is not None:
@@ -375,6 +377,7 @@ class KimiK25Config:
             if key in raw and key not in text_raw:
                 text_raw[key] = raw[key]
         text = TextConfig.from_dict(text_raw)
+
         vision = None
         if raw.get("vision_config") is not None:
             _require(isinstance(raw["vision_config"], dict), "vision_config", "must be an object")
@@ -438,6 +441,7 @@ def _parse_rope(raw: dict[str, Any]) -> tuple[float, RopeScaling | None]:
     if block is None:
         return rope_theta, None
     _require(isinstance(block, dict), key, "must be an object or null")
+
     rope_type = block.get("type", block.get("rope_type", "default"))
     if rope_type == "default":
         return rope_theta, None

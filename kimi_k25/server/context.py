@@ -173,7 +173,7 @@ class ServingContext:
             raise APIError(500, f"Generation failed: {error}", SERVER_ERROR) from error
 
 
-# Status for a response nobody will read: the client closed the connection (nginx's convention).
+# Status of a request whose client closed the connection before the response (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 
 
