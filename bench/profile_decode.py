@@ -1,8 +1,8 @@
 """Where one decode step of the bench model spends its time, and how fast this machine's kernels read weights.
 
 Prints the PyTorch profiler's operator table for 20 decode steps (batch 1 or 8, bf16 or INT4
-experts) and the read rate of single matrix-vector products on weights that are not in cache,
-for bf16, fp16, fp32 and the INT4 kernel. Run `make bench` first: it builds the checkpoints.
+experts). It also prints the read rate of single matrix-vector products on weights that are not
+in cache, for bf16, fp16, fp32 and the INT4 kernel. Run `make bench` first: it builds the checkpoints.
 
     .venv/bin/python bench/profile_decode.py [--batch 1] [--int4]
 """

@@ -36,7 +36,7 @@ END_MARKER = "<!-- vision-encode:end -->"
 
 
 def drawn_image(size: int) -> bytes:
-    """A PNG with shapes, lines and text, so the pixels are not uniform."""
+    """Draw shapes, lines and text into a PNG, so that the pixels are not uniform."""
     image = Image.new("RGB", (size, size), (240, 236, 220))
     draw = ImageDraw.Draw(image)
     for i in range(0, size, 37):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 
 
 def free_port() -> int:
@@ -51,3 +52,21 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._log.close()
+
+
+def openai_client(base_url: str, timeout: float = 60) -> openai.OpenAI:
+    """An `openai` client for a test server, with retries off so that errors surface at once."""
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=timeout)
+
+
+def chat_reply_as_served(tokenizer, tokens: list[int]) -> tuple[str, int]:
+    """Decode generated tokens as the chat endpoint does; return the text and the completion token count.
+
+    The reply ends at the first end-of-turn token, which counts as generated but is not text.
+    Special tokens are dropped except the reasoning markers, which the reasoning parser reads.
+    """
+    stop_at = next((i for i, t in enumerate(tokens) if t in tokenizer.stop_token_ids), None)
+    kept = tokens if stop_at is None else tokens[:stop_at]
+    visible = {tokenizer.think_start_id, tokenizer.think_end_id}
+    kept = [t for t in kept if t in visible or not tokenizer.is_special(t)]
+    return tokenizer.decode(kept), len(tokens) if stop_at is None else stop_at + 1

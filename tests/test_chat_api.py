@@ -17,6 +17,7 @@ from kimi_k25.chat import tokens as t
 from kimi_k25.chat.format import ChatFormat
 from kimi_k25.tokenizer.tokenizer import KimiTokenizer
 from scripted_model import InProcessServer, ScriptedModel
+from server_helpers import openai_client
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.",
@@ -60,7 +61,7 @@ def scripted(tokenizer):
     script = Script()
     model = ScriptedModel(tokenizer, script)
     server = InProcessServer(model, tokenizer, ChatFormat())
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = openai_client(server.base_url)
     yield script, model, client, server
     server.stop()
 

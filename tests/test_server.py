@@ -16,7 +16,7 @@ import torch
 from kimi_k25.chat.format import ChatFormat
 from kimi_k25.chat.reasoning import split_reasoning
 from kimi_k25.tokenizer.tokenizer import KimiTokenizer
-from server_helpers import ServerProcess
+from server_helpers import ServerProcess, chat_reply_as_served, openai_client
 
 MAX_MODEL_LEN = 256
 MODEL_NAME = "tiny-kimi"
@@ -34,7 +34,7 @@ def server(served_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai_client(server.base_url)
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,8 @@ def expected_chat_text(served_checkpoint, tokenizer, chat_format, messages, max_
     _, reference = served_checkpoint
     kwargs = None if thinking else {"thinking": False}
     prompt_ids = tokenizer.encode(chat_format.render(messages, chat_template_kwargs=kwargs))
-    tokens = reference_generate(reference, prompt_ids, max_tokens)
-    stop_at = next((i for i, t in enumerate(tokens) if t in tokenizer.stop_token_ids), None)
-    kept = tokens if stop_at is None else tokens[:stop_at]
-    visible = {tokenizer.think_start_id, tokenizer.think_end_id}
-    kept = [t for t in kept if t in visible or not tokenizer.is_special(t)]
-    completion_tokens = len(tokens) if stop_at is None else stop_at + 1
-    return tokenizer.decode(kept), len(prompt_ids), completion_tokens
+    text, completion_tokens = chat_reply_as_served(tokenizer, reference_generate(reference, prompt_ids, max_tokens))
+    return text, len(prompt_ids), completion_tokens
 
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colours."}]

@@ -19,7 +19,7 @@ from kimi_k25.media import MediaProcessor, concat_media, expand_media_prompt, fi
 from kimi_k25.media.sources import MediaSourcePolicy
 from kimi_k25.tokenizer.tokenizer import KimiTokenizer
 from media_helpers import data_url, encode_image, encode_video, random_rgb
-from server_helpers import ServerProcess
+from server_helpers import ServerProcess, chat_reply_as_served, openai_client
 
 MODEL_NAME = "tiny-kimi-vl"
 MAX_ITEMS = 3
@@ -45,7 +45,7 @@ def server(served_vision_checkpoint, media_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server.base_url, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,8 @@ def expected_reply(pipeline, messages, max_tokens: int, thinking: bool = True):
         output = reference.generate(input_ids=torch.tensor([prompt_ids]), pixel_values=pixel_values,
                                     image_grid_thw=torch.tensor(grids), max_new_tokens=max_tokens,
                                     min_new_tokens=max_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-    tokens = output[0, len(prompt_ids):].tolist()
-    stop_at = next((i for i, t in enumerate(tokens) if t in tokenizer.stop_token_ids), len(tokens))
-    visible = {tokenizer.think_start_id, tokenizer.think_end_id}
-    kept = [t for t in tokens[:stop_at] if t in visible or not tokenizer.is_special(t)]
-    return tokenizer.decode(kept), len(prompt_ids), expanded.num_media_tokens
+    text, _ = chat_reply_as_served(tokenizer, output[0, len(prompt_ids):].tolist())
+    return text, len(prompt_ids), expanded.num_media_tokens
 
 
 def image_part(url: str) -> dict:

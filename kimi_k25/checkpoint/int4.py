@@ -90,7 +90,7 @@ def unpack_nibbles(weight_packed: torch.Tensor, in_features: int) -> torch.Tenso
     the top, and the mask removes them.
     """
     if sys.byteorder == "little" and weight_packed.is_contiguous():
-        # On a little-endian machine byte k of a word holds elements 2k (low nibble) and 2k + 1
+        # On a little-endian machine byte k of a word contains elements 2k (low nibble) and 2k + 1
         # (high nibble), so splitting the bytes gives the elements in order at a quarter of the
         # memory traffic of shifting int32 words.
         as_bytes = weight_packed.view(torch.uint8)

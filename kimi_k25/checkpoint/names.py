@@ -35,7 +35,7 @@ class TargetKind(Enum):
 
 @dataclass(frozen=True)
 class Target:
-    """Where one checkpoint tensor goes.
+    """Destination of one checkpoint tensor.
 
     `expert` selects one expert of a stacked (E, ...) parameter. `half` selects the first (0) or
     second (1) half of the rows, because gate and up projections are stored fused as one

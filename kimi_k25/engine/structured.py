@@ -4,7 +4,7 @@ A request may carry a grammar (a Lark grammar in llguidance's dialect, which can
 schemas). Each step, the grammar's matcher computes which tokens may come next, every
 other logit is set to -inf, and the sampled token is fed back to the matcher. A grammar can wait for
 a trigger token before it starts (for thinking mode: the end-of-reasoning token), so the model
-reasons freely and only its answer is constrained. When the grammar is complete the only
+reasons freely and only its reply is constrained. When the grammar is complete the only
 allowed token is the end-of-turn token, which ends the request.
 """
 

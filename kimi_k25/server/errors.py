@@ -42,7 +42,7 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return APIError(400, message, INVALID_REQUEST, param, code)
 
 
-# Accepted forms of fields whose type is a union, for messages that say what to send instead.
+# Accepted forms of fields whose type is a union, named in the error message as the fix.
 UNION_FIELD_FORMS = {
     "prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
     "stop": "a string or a list of up to 4 strings",
